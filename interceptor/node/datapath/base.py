@@ -1,0 +1,85 @@
+"""What the node daemon asks of a datapath (nftables or eBPF).
+
+The daemon owns the desired state (which taps exist, which instance each is
+bound to, whether it is steered to the proxy) and hands the *whole* desired
+state to ``sync`` after every change. Implementations diff it against what is
+in the kernel and apply only the difference, as per-tap elements of maps/sets
+(nft) or map entries (BPF), never as one rule per tap, so the per-packet cost
+does not grow with the number of taps. Every operation is idempotent: apply
+twice = apply once; ``install`` after a crash adopts what is already there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+METADATA_ADDRESS = "169.254.169.254"
+METADATA_PORT = 80
+
+MARK_TAG = 0x4D000000
+"""High byte of every mark this project sets; the low 24 bits are the ifindex."""
+MARK_MASK = 0xFF000000
+
+
+def mark_for(ifindex: int) -> int:
+    """The packet mark for a tap: unique per ifindex, so a recreated tap gets a new one."""
+    if not 0 < ifindex < (1 << 24):
+        raise ValueError(f"ifindex {ifindex} out of range for a mark")
+    return MARK_TAG | ifindex
+
+
+@dataclass(frozen=True)
+class TapState:
+    """Desired datapath state of one managed tap.
+
+    ``instance_id`` is None for a tap that matches the managed name patterns
+    but has no binding: fail closed (no ARP answer, RST/drop for TCP to the
+    metadata address). ``steer`` says whether TCP to the metadata address is
+    handed to the tap's transparent listener; it is False for an unbound tap
+    and for a disabled instance when the disabled action is "reset".
+    """
+
+    ifname: str
+    ifindex: int
+    instance_id: str | None
+    steer: bool
+    bridge: str | None = None  # the Linux bridge the tap is enslaved to, if any
+
+    @property
+    def mark(self) -> int:
+        return mark_for(self.ifindex)
+
+
+@dataclass
+class TapCounters:
+    """Per-tap packet counters read from the kernel at scrape time."""
+
+    steered_packets: int = 0
+    refused_packets: int = 0
+    arp_replies: int = 0
+    syn_rate_limited: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class Datapath(Protocol):
+    """A kernel datapath. All methods are synchronous and may block briefly."""
+
+    name: str
+
+    def install(self) -> None:
+        """Create (or adopt) the datapath's global state: tables, programs,
+        policy routing, sysctls. Raises DatapathError with one clear line."""
+
+    def sync(self, taps: Mapping[str, TapState]) -> None:
+        """Make per-tap kernel state equal ``taps`` (keyed by ifname)."""
+
+    def installed(self) -> bool:
+        """True while the datapath's global state is present in the kernel."""
+
+    def counters(self) -> dict[str, TapCounters]:
+        """Counters per tap name, for Prometheus."""
+
+    def remove(self) -> None:
+        """Remove everything this datapath ever made. Safe to call twice."""
