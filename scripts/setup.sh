@@ -17,6 +17,7 @@ apt_packages=(
   python3-bpfcc bpfcc-tools linux-headers-amd64
   qemu-system-x86 linux-image-amd64 busybox-static cpio
   cloud-init postgresql prometheus wrk nginx-light systemd
+  ruby vagrant  # tests only: check the Vagrantfile (ruby -c, vagrant validate)
 )
 missing=()
 for p in "${apt_packages[@]}"; do

@@ -10,6 +10,7 @@ names the option, which the CLI prints before exiting with status 2.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import os
 import tomllib
@@ -17,7 +18,7 @@ import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from interceptor.common.errors import ConfigError
 
@@ -102,10 +103,15 @@ def add_flags(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
 
 def load(cls: type[T], *, section: str, path: str | None,
          flags: Mapping[str, Any] | None = None,
-         environ: Mapping[str, str] | None = None) -> T:
-    """Build ``cls`` from defaults, the TOML file at ``path``, env and flags."""
+         environ: Mapping[str, str] | None = None,
+         fallback: Mapping[str, Any] | None = None) -> T:
+    """Build ``cls`` from defaults, the TOML file at ``path``, env and flags.
+
+    ``fallback`` values sit below the file: they fill required options for
+    commands that do not need them (e.g. ``node --cleanup``).
+    """
     env = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = dict(fallback or {})
     known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     if path:
         try:
@@ -143,3 +149,17 @@ def load(cls: type[T], *, section: str, path: str | None,
     if callable(check):
         check()
     return obj
+
+
+def opt(default: T, help_text: str) -> T:
+    """A config field with a default and the help text its flag shows."""
+    if isinstance(default, list | dict):
+        frozen = default
+        return cast(T, dataclasses.field(default_factory=lambda: copy.deepcopy(frozen),
+                                         metadata={"help": help_text}))
+    return dataclasses.field(default=default, metadata={"help": help_text})
+
+
+def required(help_text: str) -> Any:
+    """A config field without a default."""
+    return dataclasses.field(metadata={"help": help_text})

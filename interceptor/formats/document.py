@@ -41,7 +41,7 @@ Shape (keys marked * are always present)::
         }]
       },
       "tags": {"role": "web"},                       *
-      "meta": {                                      * classes × objects visible to the VM
+      "meta": {                                      * classes x objects visible to the VM
         "customer": {"public": {...}, "restricted": {...}, "system": {...}},
         "image":    {"public": {...}, "restricted": {...}, "system": {...}},
         "server":   {"public": {...}, "restricted": {...}, "system": {...}},

@@ -1,0 +1,191 @@
+"""Node endpoints (/v1/nodes/{node}/…): bearer token of that node + signed identity.
+
+Node restriction: a node reads and writes only instances bound to it (403
+otherwise), like Kubernetes' NodeRestriction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from interceptor.backend import documents
+from interceptor.backend.changes import watch as watch_changes
+from interceptor.backend.context import BACKEND, Backend
+from interceptor.backend.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    TooLarge,
+    Unauthorized,
+)
+from interceptor.backend.httputil import etag, read_body, reply
+from interceptor.backend.limits import (
+    MAX_GUEST_DATA_BYTES,
+    MAX_GUEST_VALUE_BYTES,
+    MAX_KEY_CHARS,
+    MAX_PASSWORD_BYTES,
+    MAX_WATCH_TIMEOUT,
+)
+from interceptor.backend.model import json_size
+from interceptor.backend.objects import put_of, update
+from interceptor.backend.store import base
+from interceptor.common.signing import verify
+
+
+async def _node(request: web.Request, instance: str = "") -> tuple[Backend, str]:
+    """Authenticate the node token and the request signature."""
+    ctx = request.app[BACKEND]
+    node = request.match_info["node"]
+    who = await ctx.auth.authenticate(request)
+    if who.kind != "node" or who.subject != node:
+        raise Forbidden(f"this token does not belong to node {node}")
+    if ctx.signing_key is None:
+        raise Unauthorized("node request signing is not configured on the backend")
+    signed = verify(ctx.signing_key, request.headers, request.method, request.raw_path)
+    if signed is None or signed != (node, instance):
+        raise Unauthorized("missing, invalid or stale request signature")
+    return ctx, node
+
+
+async def _bound(ctx: Backend, node: str, iid: str) -> base.Record:
+    rec = await ctx.store.get("server", iid)
+    if rec is None:
+        raise NotFound(f"instance {iid} not found")
+    if not any(b["node"] == node for b in rec.data["spec"]["bindings"]):
+        raise Forbidden(f"instance {iid} is not bound to node {node}")
+    return rec
+
+
+async def bindings(request: web.Request) -> web.Response:
+    ctx, node = await _node(request)
+    revision = await ctx.store.revision()  # read first: a later change is then seen by watch
+    pairs = await ctx.store.bindings(node)
+    servers = await ctx.store.get_many("server", sorted({sid for _, sid in pairs}))
+    out = [{"ifname": ifname, "instance_id": sid,
+            "metadata_enabled": bool(servers[sid].data["spec"]["metadata_enabled"])}
+           for ifname, sid in pairs if sid in servers]
+    return reply({"revision": revision, "bindings": out})
+
+
+async def document(request: web.Request) -> web.Response:
+    iid = request.match_info["iid"]
+    ctx, node = await _node(request, iid)
+    await _bound(ctx, node, iid)
+    src = await documents.load_sources(ctx.store, iid)
+    if src is None:
+        raise NotFound(f"instance {iid} not found")
+    tag = etag(src.revision)
+    if request.headers.get("If-None-Match", "").strip() == tag:
+        ctx.metrics.documents.labels("not_modified").inc()
+        return web.Response(status=304, headers={"ETag": tag})
+    vendor: Any = {"static": {}, "dynamic": {}}
+    if ctx.vendor is not None:
+        vendor = await ctx.vendor.get(documents.vendor_request(src))
+    doc = documents.assemble(src, vendor, node)
+    ctx.metrics.documents.labels("served").inc()
+    return reply(doc, revision=doc["revision"])
+
+
+async def watch(request: web.Request) -> web.Response:
+    ctx, node = await _node(request)
+    try:
+        since = int(request.query.get("since", "0"))
+        timeout = float(request.query.get("timeout", "30"))
+    except ValueError:
+        raise BadRequest("since must be an integer and timeout a number") from None
+    if since < 0 or not 0 <= timeout <= MAX_WATCH_TIMEOUT:
+        raise BadRequest(f"since must be ≥ 0 and timeout 0-{MAX_WATCH_TIMEOUT}")
+    ctx.metrics.watchers.inc()
+    try:
+        result = await watch_changes(ctx.store, ctx.notifier, node, since, timeout)
+    finally:
+        ctx.metrics.watchers.dec()
+    return reply(result)
+
+
+def _guest_check(rec: base.Record) -> None:
+    """Guest records exist exactly as long as their server."""
+
+
+async def set_password(request: web.Request) -> web.Response:
+    iid = request.match_info["iid"]
+    ctx, node = await _node(request, iid)
+    await _bound(ctx, node, iid)
+    raw = await read_body(request, MAX_PASSWORD_BYTES)
+    try:
+        password = raw.decode()
+    except UnicodeDecodeError:
+        raise BadRequest("password must be UTF-8 text") from None
+
+    def mutate(r: base.Record) -> tuple[list[base.Put | base.Delete], base.Change]:
+        if r.data.get("password") is not None:
+            raise Conflict("the password is already set")
+        return [put_of(r, {**r.data, "password": password})], base.Change([iid], kind="guest")
+
+    await update(ctx, "guest", iid, None, _guest_check, mutate)
+    return web.Response(status=201)
+
+
+async def delete_meta_key(request: web.Request) -> web.Response:
+    iid, cls, key = (request.match_info[k] for k in ("iid", "cls", "key"))
+    ctx, node = await _node(request, iid)
+    if cls not in ("public", "restricted"):
+        raise BadRequest("a guest may delete public or restricted keys only")
+    await _bound(ctx, node, iid)
+
+    def mutate(r: base.Record) -> tuple[list[base.Put | base.Delete], base.Change]:
+        values = dict(r.data["meta"].get(cls, {}))
+        if key not in values:
+            raise NotFound(f"no {cls} key {key!r}")
+        del values[key]
+        return ([put_of(r, {**r.data, "meta": {**r.data["meta"], cls: values}})],
+                base.Change([iid], kind="server"))
+
+    await update(ctx, "server", iid, None, _guest_check, mutate)
+    return web.Response(status=204)
+
+
+async def guest_data(request: web.Request) -> web.Response:
+    iid, key = request.match_info["iid"], request.match_info["key"]
+    ctx, node = await _node(request, iid)
+    server = await _bound(ctx, node, iid)
+    if not server.data["spec"]["guest_writes"]:
+        raise Forbidden("this server does not allow guest writes")
+    if not key or len(key) > MAX_KEY_CHARS:
+        raise BadRequest(f"guest-data key must be 1-{MAX_KEY_CHARS} characters")
+    value: str | None = None
+    if request.method == "PUT":
+        raw = await read_body(request, MAX_GUEST_VALUE_BYTES)
+        try:
+            value = raw.decode()
+        except UnicodeDecodeError:
+            raise BadRequest("guest-data values must be UTF-8 text") from None
+
+    def mutate(r: base.Record) -> tuple[list[base.Put | base.Delete], base.Change]:
+        data = dict(r.data.get("data", {}))
+        if value is None:
+            if key not in data:
+                raise NotFound(f"no guest-data key {key!r}")
+            del data[key]
+        else:
+            data[key] = value
+            if json_size(data) > MAX_GUEST_DATA_BYTES:
+                raise TooLarge(f"guest data exceeds {MAX_GUEST_DATA_BYTES} bytes")
+        return [put_of(r, {**r.data, "data": data})], base.Change([iid], kind="guest")
+
+    await update(ctx, "guest", iid, None, _guest_check, mutate)
+    return web.Response(status=204)
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/v1/nodes/{node}/bindings", bindings)
+    r.add_get("/v1/nodes/{node}/instances/{iid}/document", document)
+    r.add_get("/v1/nodes/{node}/watch", watch)
+    r.add_post("/v1/nodes/{node}/instances/{iid}/password", set_password)
+    r.add_delete("/v1/nodes/{node}/instances/{iid}/meta/{cls}/{key}", delete_meta_key)
+    r.add_put("/v1/nodes/{node}/instances/{iid}/guest-data/{key}", guest_data)
+    r.add_delete("/v1/nodes/{node}/instances/{iid}/guest-data/{key}", guest_data)

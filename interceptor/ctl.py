@@ -1,0 +1,322 @@
+"""``interceptor ctl``: the admin/owner command line over the backend's REST API.
+
+Talks HTTP only (stdlib ``urllib``), never to backend internals. Prints JSON.
+Errors: one line on stderr; exit 1 for an HTTP or connection error, 2 for
+usage. ``--url``/``INTERCEPTOR_URL`` and ``--token``/``INTERCEPTOR_TOKEN``.
+
+Examples::
+
+    interceptor ctl customer create --id c1 --name "Customer one"
+    interceptor ctl customer token c1
+    interceptor ctl server create --id vm1 --customer c1 --hostname vm1 [--image img1]
+    interceptor ctl server set-keys vm1 alice="ssh-ed25519 AAAA… alice" [--key NAME KEY]
+    interceptor ctl server set-user-data vm1 cloud.yaml [--part user --content-type T]
+    interceptor ctl server bind vm1 --node node-a --ifname tap-vm1
+    interceptor ctl server unbind vm1 [--node node-a] [--ifname tap-vm1]
+    interceptor ctl server enable|disable|start|stop|get|delete|document vm1
+    interceptor ctl meta set server vm1 public role=web size=3 [--json]
+    interceptor ctl meta get server vm1 public
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+DEFAULT_URL = "http://127.0.0.1:8700"
+TIMEOUT = 30.0
+RETRIES = 5
+OBJECTS = {"customer": "customers", "image": "images", "server": "servers"}
+
+
+class UsageError(Exception):
+    """Exit 2."""
+
+
+class HttpFailure(Exception):
+    """Exit 1."""
+
+
+class Client:
+    def __init__(self, url: str, token: str) -> None:
+        if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+            raise UsageError(f"--url must be http:// or https://, got {url!r}")
+        self.url = url.rstrip("/")
+        self.token = token
+
+    def request(self, method: str, path: str, body: Any = None,
+                headers: dict[str, str] | None = None) -> tuple[Any, dict[str, str]]:
+        hdrs = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
+        hdrs.update(headers or {})
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            hdrs["Content-Type"] = "application/json"
+        req = urllib.request.Request(self.url + path, data=data, method=method,  # noqa: S310
+                                     headers=hdrs)
+        try:
+            with urllib.request.urlopen(req, timeout=TIMEOUT) as resp:  # noqa: S310
+                raw = resp.read()
+                return (json.loads(raw) if raw else None), dict(resp.headers)
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            try:
+                reason = json.loads(raw).get("error", "")
+            except (ValueError, AttributeError):
+                reason = raw.decode(errors="replace")[:200]
+            raise HttpFailure(f"HTTP {exc.code}: {reason}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise HttpFailure(f"cannot reach {self.url}: {reason}") from None
+
+    def modify(self, path: str, change: Callable[[dict[str, Any]], dict[str, Any]]) -> Any:
+        """GET, compute a merge patch, PATCH with If-Match; retry on a concurrent change."""
+        for _ in range(RETRIES):
+            current, headers = self.request("GET", path)
+            patch = change(current)
+            try:
+                body, _ = self.request("PATCH", path, patch,
+                                       {"If-Match": headers.get("ETag", "*")})
+                return body
+            except HttpFailure as exc:
+                if not str(exc).startswith("HTTP 412"):
+                    raise
+        raise HttpFailure(f"{path} kept changing; try again")
+
+
+def _pairs(items: list[str], what: str) -> list[tuple[str, str]]:
+    out = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"{what} must be NAME=VALUE, got {item!r}")
+        out.append((key, value))
+    return out
+
+
+def _content_type(data: bytes) -> str:
+    if data.startswith(b"#cloud-config"):
+        return "text/cloud-config"
+    if data.startswith(b"#!"):
+        return "text/x-shellscript"
+    if data.startswith(b"Content-Type: multipart"):
+        return "multipart/mixed"
+    return "text/plain"
+
+
+def _server_cmd(c: Client, a: argparse.Namespace) -> Any:
+    path = f"/v1/servers/{urllib.parse.quote(a.id, safe='')}"
+    if a.action == "create":
+        body: dict[str, Any] = {"customer_id": a.customer, "hostname": a.hostname}
+        if a.image:
+            body["image_id"] = a.image
+        return c.request("PUT", path, body, {"If-None-Match": "*"})[0]
+    if a.action == "get":
+        return c.request("GET", path)[0]
+    if a.action == "delete":
+        c.request("DELETE", path)
+        return {"deleted": a.id}
+    if a.action == "document":
+        return c.request("GET", path + "/document")[0]
+    if a.action in ("start", "stop"):
+        return c.request("POST", f"{path}/{a.action}", {} if a.action == "start" else None)[0]
+    if a.action in ("enable", "disable"):
+        return c.request("PATCH", path, {"metadata_enabled": a.action == "enable"})[0]
+    if a.action == "set-keys":
+        keys = _pairs(a.keys, "a key") + [tuple(k) for k in (a.key or [])]
+        if not keys:
+            raise UsageError("set-keys needs NAME=KEY arguments or --key NAME KEY")
+        return c.request("PATCH", path, {"ssh_keys": [{"name": n, "key": k}
+                                                      for n, k in keys]})[0]
+    if a.action == "set-user-data":
+        data = sys.stdin.buffer.read() if a.file == "-" else _read(a.file)
+        part = {"name": a.part or "user", "content_type": a.content_type or _content_type(data),
+                "data": base64.b64encode(data).decode()}
+
+        def with_part(server: dict[str, Any]) -> dict[str, Any]:
+            if a.part is None:
+                return {"user_data": [part]}
+            parts = [p for p in server.get("user_data", []) if p["name"] != a.part]
+            return {"user_data": [*parts, part]}
+        return c.modify(path, with_part)
+    if a.action == "bind":
+        def bind(server: dict[str, Any]) -> dict[str, Any]:
+            items = [b for b in server.get("bindings", [])
+                     if (b["node"], b["ifname"]) != (a.node, a.ifname)]
+            return {"bindings": [*items, {"node": a.node, "ifname": a.ifname}]}
+        return c.modify(path, bind)
+    if a.action == "unbind":
+        def unbind(server: dict[str, Any]) -> dict[str, Any]:
+            return {"bindings": [b for b in server.get("bindings", [])
+                                 if not ((a.node is None or b["node"] == a.node)
+                                         and (a.ifname is None or b["ifname"] == a.ifname))]}
+        return c.modify(path, unbind)
+    if a.action == "list":
+        return c.request("GET", "/v1/servers?limit=1000")[0]
+    if a.action == "password":
+        if a.clear:
+            c.request("DELETE", path + "/password")
+            return {"password": None}
+        return c.request("GET", path + "/password")[0]
+    raise UsageError(f"unknown server action {a.action}")
+
+
+def _read(name: str) -> bytes:
+    try:
+        with open(name, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise UsageError(f"cannot read {name}: {exc.strerror}") from None
+
+
+def _meta_path(a: argparse.Namespace) -> str:
+    oid = urllib.parse.quote(a.id, safe="")
+    if a.object == "runtime":
+        return f"/v1/servers/{oid}/runtime/metadata/{a.cls}"
+    return f"/v1/{OBJECTS[a.object]}/{oid}/metadata/{a.cls}"
+
+
+def _meta_cmd(c: Client, a: argparse.Namespace) -> Any:
+    path = _meta_path(a)
+    if a.action == "get":
+        return c.request("GET", path)[0]
+    if a.action == "set":
+        values: dict[str, Any] = {}
+        for key, text in _pairs(a.pairs, "metadata"):
+            if a.json:
+                try:
+                    values[key] = json.loads(text)
+                except ValueError:
+                    raise UsageError(f"value of {key!r} is not JSON") from None
+            else:
+                values[key] = text
+        return c.request("PATCH", path, values)[0]
+    return c.request("PATCH", path, {key: None for key in a.pairs})[0]
+
+
+def _customer_cmd(c: Client, a: argparse.Namespace) -> Any:
+    if a.action == "create":
+        body = {k: v for k, v in (("id", a.id), ("name", a.name)) if v}
+        return c.request("POST", "/v1/customers", body)[0]
+    if a.action == "token":
+        return c.request("POST", f"/v1/customers/{urllib.parse.quote(a.id, safe='')}/tokens")[0]
+    if a.action == "get":
+        return c.request("GET", f"/v1/customers/{urllib.parse.quote(a.id, safe='')}")[0]
+    return c.request("GET", "/v1/customers?limit=1000")[0]
+
+
+def _image_cmd(c: Client, a: argparse.Namespace) -> Any:
+    if a.action == "create":
+        body = {k: v for k, v in (("id", a.id), ("name", a.name), ("owner", a.owner),
+                                  ("visibility", a.visibility)) if v}
+        return c.request("POST", "/v1/images", body)[0]
+    if a.action == "get":
+        return c.request("GET", f"/v1/images/{urllib.parse.quote(a.id, safe='')}")[0]
+    return c.request("GET", "/v1/images?limit=1000")[0]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="interceptor ctl", description=__doc__.split("\n")[0])
+    p.add_argument("--url", default=os.environ.get("INTERCEPTOR_URL", DEFAULT_URL),
+                   help="backend URL (env INTERCEPTOR_URL)")
+    p.add_argument("--token", default=os.environ.get("INTERCEPTOR_TOKEN"),
+                   help="bearer token (env INTERCEPTOR_TOKEN)")
+    top = p.add_subparsers(dest="group", required=True)
+
+    cust = top.add_parser("customer", help="customers").add_subparsers(dest="action",
+                                                                        required=True)
+    cc = cust.add_parser("create")
+    cc.add_argument("--id")
+    cc.add_argument("--name")
+    for name in ("token", "get"):
+        cust.add_parser(name).add_argument("id")
+    cust.add_parser("list")
+
+    img = top.add_parser("image", help="images").add_subparsers(dest="action", required=True)
+    ic = img.add_parser("create")
+    ic.add_argument("--id")
+    ic.add_argument("--name")
+    ic.add_argument("--owner", help="customer id (admin only; default: platform)")
+    ic.add_argument("--visibility", choices=("public", "private"))
+    img.add_parser("get").add_argument("id")
+    img.add_parser("list")
+
+    srv = top.add_parser("server", help="servers").add_subparsers(dest="action", required=True)
+    sc = srv.add_parser("create")
+    sc.add_argument("--id", required=True)
+    sc.add_argument("--customer", required=True)
+    sc.add_argument("--hostname", required=True)
+    sc.add_argument("--image")
+    for name in ("get", "delete", "enable", "disable", "start", "stop", "document"):
+        srv.add_parser(name).add_argument("id")
+    srv.add_parser("list")
+    pw = srv.add_parser("password")
+    pw.add_argument("id")
+    pw.add_argument("--clear", action="store_true")
+    sk = srv.add_parser("set-keys")
+    sk.add_argument("id")
+    sk.add_argument("keys", nargs="*", metavar="NAME=KEY")
+    sk.add_argument("--key", nargs=2, action="append", metavar=("NAME", "KEY"))
+    su = srv.add_parser("set-user-data")
+    su.add_argument("id")
+    su.add_argument("file", metavar="FILE|-")
+    su.add_argument("--part", help="set only this named part (others kept)")
+    su.add_argument("--content-type")
+    sb = srv.add_parser("bind")
+    sb.add_argument("id")
+    sb.add_argument("--node", required=True)
+    sb.add_argument("--ifname", required=True)
+    su2 = srv.add_parser("unbind")
+    su2.add_argument("id")
+    su2.add_argument("--node")
+    su2.add_argument("--ifname")
+
+    meta = top.add_parser("meta", help="metadata").add_subparsers(dest="action", required=True)
+    for name in ("get", "set", "delete"):
+        m = meta.add_parser(name)
+        m.add_argument("object", choices=("customer", "image", "server", "runtime"))
+        m.add_argument("id")
+        m.add_argument("cls", metavar="CLASS",
+                       choices=("public", "restricted", "private", "system"))
+        if name == "set":
+            m.add_argument("pairs", nargs="+", metavar="KEY=VALUE")
+            m.add_argument("--json", action="store_true", help="values are JSON")
+        elif name == "delete":
+            m.add_argument("pairs", nargs="+", metavar="KEY")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    if not args.token:
+        print("interceptor ctl: no token (--token or INTERCEPTOR_TOKEN)", file=sys.stderr)
+        return 2
+    handlers = {"server": _server_cmd, "meta": _meta_cmd, "customer": _customer_cmd,
+                "image": _image_cmd}
+    try:
+        client = Client(args.url, args.token)
+        result = handlers[args.group](client, args)
+    except UsageError as exc:
+        print(f"interceptor ctl: {exc}", file=sys.stderr)
+        return 2
+    except HttpFailure as exc:
+        print(f"interceptor ctl: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,170 @@
+"""The node daemon's composition root: builds everything, runs, tears down.
+
+Every long-lived resource is created here, in dependency order, and closed
+in reverse order by one ``AsyncExitStack`` — also when start-up fails half
+way, so a failed start leaves nothing in the kernel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from functools import partial
+
+from aiohttp import web
+
+from interceptor.common.errors import DatapathError
+from interceptor.formats.router import render_path
+from interceptor.node.backend_client import BackendClient, BackendError
+from interceptor.node.cache import DocumentCache
+from interceptor.node.config import NodeConfig
+from interceptor.node.datapath.base import Datapath
+from interceptor.node.datapath.links import Links, LinkWatcher
+from interceptor.node.desired_state import Binding, Link
+from interceptor.node.guest_api import GuestApi, GuestApiSettings
+from interceptor.node.http_server import GuestHttpServer
+from interceptor.node.limits import RateLimiter
+from interceptor.node.metrics import NodeMetrics
+from interceptor.node.operator import OperatorState, datapath_metrics, operator_app
+from interceptor.node.taps import TapManager
+from interceptor.node.tokens import TokenIssuer
+from interceptor.node.watcher import FeedWatcher
+
+log = logging.getLogger(__name__)
+
+
+def make_datapath(config: NodeConfig) -> Datapath:
+    """The configured datapath; imports lazily so nft-only hosts need no BCC."""
+    if config.datapath == "ebpf":
+        from interceptor.node.datapath.ebpf import EbpfConfig, EbpfDatapath
+
+        return EbpfDatapath(EbpfConfig(
+            pin_dir=config.bpf_pin_dir, route_table=config.route_table,
+            rule_pref=config.rule_priority, address=config.metadata_address,
+            port=config.metadata_port))
+    return _nft(config)
+
+
+def _nft(config: NodeConfig) -> Datapath:
+    from interceptor.node.datapath.nft import NftConfig, NftDatapath
+
+    return NftDatapath(NftConfig(
+        table=config.nft_table, route_table=config.route_table,
+        rule_pref=config.rule_priority, metadata_address=config.metadata_address,
+        metadata_port=config.metadata_port, listen_port=config.metadata_port,
+        patterns=tuple(config.tap_patterns)))
+
+
+def all_datapaths(config: NodeConfig) -> list[Datapath]:
+    """Both datapaths, for ``--cleanup`` (eBPF only where BCC is importable)."""
+    found = [_nft(config)]
+    try:
+        found.append(make_datapath(dataclasses.replace(config, datapath="ebpf")))
+    except DatapathError as exc:
+        log.info("eBPF cleanup skipped: %s", exc)
+    return found
+
+
+class NodeDaemon:
+    """One running node daemon. ``run(stop)`` returns after a clean shutdown."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.metrics = NodeMetrics()
+        self.ready = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        cfg = self.config
+        async with contextlib.AsyncExitStack() as stack:
+            datapath = make_datapath(cfg)
+            await asyncio.to_thread(datapath.install)
+            if not cfg.keep_datapath_on_exit:
+                stack.push_async_callback(asyncio.to_thread, datapath.remove)
+            self.metrics.register_collector(partial(datapath_metrics, datapath))
+
+            client = BackendClient(cfg.backend_url, cfg.node_name, cfg.node_token,
+                                   cfg.signing_key, metrics=self.metrics)
+            stack.push_async_callback(client.close)
+            cache = DocumentCache(client, ttl=cfg.cache_ttl, stale_if_error=cfg.stale_if_error,
+                                  metrics=self.metrics)
+            stack.push_async_callback(cache.close)
+            api = GuestApi(cache, TokenIssuer(cfg.token_secret), client, render_path,
+                           rate_limiter=RateLimiter(cfg.rate_limit, cfg.rate_burst),
+                           settings=GuestApiSettings(token_hop_limit=cfg.token_hop_limit),
+                           metrics=self.metrics)
+            server = GuestHttpServer(api.handle, metrics=self.metrics)
+            stack.push_async_callback(server.close)
+            stack.push_async_callback(server.shutdown, cfg.shutdown_grace)
+
+            taps = TapManager(datapath, server, disabled_action=cfg.disabled_action,
+                              address=cfg.metadata_address, port=cfg.metadata_port)
+            stack.push_async_callback(taps.close)
+
+            bindings = _BindingsLoader(client, taps)
+            watcher = FeedWatcher(client, cache, bindings.reload, metrics=self.metrics)
+            state = OperatorState(datapath=datapath, watcher=watcher, cache=cache,
+                                  metrics=self.metrics, taps=taps)
+            if cfg.operator_port:
+                runner = web.AppRunner(operator_app(state), access_log=None)
+                await runner.setup()
+                stack.push_async_callback(runner.cleanup)
+                await web.TCPSite(runner, cfg.operator_host, cfg.operator_port).start()
+
+            async def on_links(links: Links) -> None:
+                await taps.update_links({
+                    name: Link(name, info.ifindex, info.bridge) for name, info in links.items()})
+
+            link_watcher = LinkWatcher(on_links, patterns=cfg.tap_patterns,
+                                       resync_interval=cfg.reconcile_interval)
+            await link_watcher.start()
+            stack.push_async_callback(link_watcher.stop)
+
+            await bindings.reload()
+            watcher.since = bindings.revision
+            tasks = [
+                asyncio.create_task(watcher.run(), name="feed-watcher"),
+            ]
+            stack.push_async_callback(_cancel, tasks)
+            self.ready.set()
+            log.info("node %s: datapath %s installed, serving", cfg.node_name, datapath.name)
+            stopper = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            for task in done:
+                if task is not stopper and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+            log.info("node %s: stopping", cfg.node_name)
+
+
+class _BindingsLoader:
+    """Reads this node's bindings from the backend and hands them to the taps.
+
+    If the backend is down at start the node serves nobody (fail closed) and
+    the watcher's resync after the outage reloads the bindings.
+    """
+
+    def __init__(self, client: BackendClient, taps: TapManager) -> None:
+        self._client = client
+        self._taps = taps
+        self.revision = 0
+
+    async def reload(self) -> None:
+        try:
+            answer = await self._client.bindings()
+        except BackendError as exc:
+            log.warning("bindings: backend unavailable (%s); keeping the last known", exc)
+            return
+        self.revision = answer.revision
+        await self._taps.update_bindings({
+            b.ifname: Binding(b.ifname, b.instance_id, b.metadata_enabled)
+            for b in answer.bindings})
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,0 +1,260 @@
+"""Client of the backend's node API (``/v1/nodes/{node}/…``, see COMMON.md).
+
+Every request is built from scratch here: the node's bearer token, the
+signing headers of ``interceptor.common.signing`` (over node, instance,
+method and the exact path with query that goes on the wire) and a fresh
+``X-Request-Id``. Nothing a guest sent is ever forwarded.
+
+Failures become typed errors so callers can map them to guest statuses:
+``BackendUnavailable`` (connection refused, timeout, 5xx, bad answer),
+``NotBound`` (403), ``NotFound`` (404), ``Conflict`` (409), ``TooLarge``
+(413), ``BackendRejected`` (any other 4xx, e.g. 401 for a bad signature).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+from yarl import URL
+
+from interceptor.common.signing import HEADER_REQUEST_ID, sign
+from interceptor.formats.document import DocumentError, InstanceDocument, validate_document
+from interceptor.node.metrics import NodeMetrics
+
+log = logging.getLogger(__name__)
+
+
+class BackendError(Exception):
+    """Base of every error talking to the backend."""
+
+    status: int | None = None
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+
+
+class BackendUnavailable(BackendError):
+    """The backend could not be reached or failed (network, timeout, 5xx)."""
+
+
+class BackendRejected(BackendError):
+    """The backend refused the request (4xx not covered by a subclass)."""
+
+
+class NotBound(BackendRejected):
+    """403: the instance is not bound to this node (or the action is not allowed)."""
+
+    status = 403
+
+
+class NotFound(BackendRejected):
+    status = 404
+
+
+class Conflict(BackendRejected):
+    status = 409
+
+
+class TooLarge(BackendRejected):
+    status = 413
+
+
+@dataclass(frozen=True)
+class FetchedDocument:
+    """A document as the backend sent it, with its ETag (``"<revision>"``)."""
+
+    document: InstanceDocument
+    etag: str
+
+
+@dataclass(frozen=True)
+class Binding:
+    ifname: str
+    instance_id: str
+    metadata_enabled: bool
+
+
+@dataclass(frozen=True)
+class Bindings:
+    revision: int
+    bindings: tuple[Binding, ...]
+
+
+@dataclass(frozen=True)
+class WatchResult:
+    revision: int
+    instances: tuple[str, ...]
+    bindings_changed: bool
+
+
+_ERRORS: dict[int, type[BackendRejected]] = {403: NotBound, 404: NotFound, 409: Conflict,
+                                            413: TooLarge}
+
+
+class BackendClient:
+    """The node's view of the backend. One instance per daemon; ``close()`` at exit.
+
+    ``base_url`` e.g. ``http://127.0.0.1:8700``; ``signing_key`` the
+    platform-wide key (str or bytes). ``timeout`` bounds every request
+    except ``watch``, whose bound is its own long-poll timeout plus
+    ``timeout``.
+    """
+
+    def __init__(self, base_url: str, node: str, node_token: str,
+                 signing_key: str | bytes, *, timeout: float = 5.0,
+                 connect_timeout: float = 2.0, metrics: NodeMetrics | None = None,
+                 session: aiohttp.ClientSession | None = None) -> None:
+        self._base = base_url.rstrip("/")
+        self.node = node
+        self._token = node_token
+        self._key = signing_key.encode("utf-8") if isinstance(signing_key, str) else signing_key
+        self._timeout = timeout
+        self._connect_timeout = connect_timeout
+        self._metrics = metrics
+        self._session = session
+        self._own_session = session is None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            # A guest-facing outage must not queue forever behind one slow backend
+            # host: limit open connections but keep them alive between calls.
+            connector = aiohttp.TCPConnector(limit=64, keepalive_timeout=30)
+            self._session = aiohttp.ClientSession(connector=connector, trust_env=False,
+                                                  auto_decompress=True)
+            self._own_session = True
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None and self._own_session and not self._session.closed:
+            await self._session.close()
+
+    def _path(self, *parts: str, query: str = "") -> str:
+        encoded = "/".join(quote(p, safe="") for p in ("v1", "nodes", self.node, *parts))
+        return "/" + encoded + (("?" + query) if query else "")
+
+    async def _call(self, op: str, method: str, path: str, instance: str = "", *,
+                    body: bytes | None = None, headers: dict[str, str] | None = None,
+                    limit: float | None = None,
+                    ok: tuple[int, ...] = (200,)) -> tuple[int, dict[str, str], bytes]:
+        request_id = uuid.uuid4().hex
+        hdrs = {"Authorization": f"Bearer {self._token}", HEADER_REQUEST_ID: request_id,
+                "Accept": "application/json"}
+        hdrs.update(sign(self._key, self.node, instance, method, path))
+        if headers:
+            hdrs.update(headers)
+        if body is not None:
+            hdrs["Content-Type"] = "text/plain; charset=utf-8"
+        total = self._timeout if limit is None else limit
+        client_timeout = aiohttp.ClientTimeout(total=total, connect=self._connect_timeout)
+        url = URL(self._base + path, encoded=True)
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            async with self._client().request(method, url, data=body, headers=hdrs,
+                                              timeout=client_timeout,
+                                              allow_redirects=False) as resp:
+                payload = await resp.read()
+                status = resp.status
+                resp_headers = {k: v for k, v in resp.headers.items()}
+            outcome = str(status)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise BackendUnavailable(
+                f"backend {op} failed: {type(exc).__name__}: {exc}"[:300]) from None
+        finally:
+            if self._metrics is not None:
+                self._metrics.observe_backend(op, outcome, time.perf_counter() - started)
+        if status in ok:
+            return status, resp_headers, payload
+        reason = _error_reason(payload)
+        message = f"backend {op} answered {status}: {reason} (request {request_id})"
+        if status >= 500 or status == 429:
+            raise BackendUnavailable(message, status)
+        raise _ERRORS.get(status, BackendRejected)(message, status)
+
+    @staticmethod
+    def _json(op: str, payload: bytes) -> Any:
+        try:
+            return json.loads(payload)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise BackendUnavailable(f"backend {op} answered invalid JSON") from None
+
+    # -- API ----------------------------------------------------------------------------
+
+    async def bindings(self) -> Bindings:
+        _, _, payload = await self._call("bindings", "GET", self._path("bindings"))
+        data = self._json("bindings", payload)
+        try:
+            items = tuple(Binding(str(b["ifname"]), str(b["instance_id"]),
+                                  bool(b["metadata_enabled"])) for b in data["bindings"])
+            return Bindings(int(data["revision"]), items)
+        except (KeyError, TypeError, ValueError):
+            raise BackendUnavailable("backend bindings answer has the wrong shape") from None
+
+    async def document(self, instance_id: str, etag: str | None = None
+                       ) -> FetchedDocument | None:
+        """The document of ``instance_id``; None when ``etag`` still matches (304)."""
+        headers = {"If-None-Match": etag} if etag else None
+        status, resp_headers, payload = await self._call(
+            "document", "GET", self._path("instances", instance_id, "document"),
+            instance_id, headers=headers, ok=(200, 304))
+        if status == 304:
+            return None
+        try:
+            doc = validate_document(self._json("document", payload))
+        except DocumentError as exc:
+            raise BackendUnavailable(f"backend sent a bad document: {exc}") from None
+        if doc["instance_id"] != instance_id:
+            raise BackendUnavailable("backend sent the document of another instance")
+        tag = resp_headers.get("ETag") or f'"{doc["revision"]}"'
+        return FetchedDocument(doc, tag)
+
+    async def watch(self, since: int, timeout: float) -> WatchResult:  # noqa: ASYNC109
+        query = f"since={int(since)}&timeout={int(timeout)}"
+        _, _, payload = await self._call("watch", "GET", self._path("watch", query=query),
+                                         limit=timeout + self._timeout)
+        data = self._json("watch", payload)
+        try:
+            return WatchResult(int(data["revision"]),
+                               tuple(str(i) for i in data["instances"]),
+                               bool(data["bindings_changed"]))
+        except (KeyError, TypeError, ValueError):
+            raise BackendUnavailable("backend watch answer has the wrong shape") from None
+
+    async def set_password(self, instance_id: str, text: bytes) -> None:
+        await self._call("password", "POST",
+                         self._path("instances", instance_id, "password"), instance_id,
+                         body=text, ok=(200, 201, 204))
+
+    async def delete_meta(self, instance_id: str, cls: str, key: str) -> None:
+        await self._call("delete_meta", "DELETE",
+                         self._path("instances", instance_id, "meta", cls, key), instance_id,
+                         ok=(200, 204))
+
+    async def put_guest_data(self, instance_id: str, key: str, value: bytes) -> None:
+        await self._call("guest_data", "PUT",
+                         self._path("instances", instance_id, "guest-data", key), instance_id,
+                         body=value, ok=(200, 201, 204))
+
+    async def delete_guest_data(self, instance_id: str, key: str) -> None:
+        await self._call("guest_data", "DELETE",
+                         self._path("instances", instance_id, "guest-data", key), instance_id,
+                         ok=(200, 204))
+
+
+def _error_reason(payload: bytes) -> str:
+    try:
+        data = json.loads(payload)
+        if isinstance(data, dict) and isinstance(data.get("error"), str):
+            return str(data["error"])[:200]
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        pass
+    return payload[:100].decode("utf-8", "replace") or "no reason given"

@@ -1,0 +1,67 @@
+"""Node daemon configuration (section ``[node]``, env ``INTERCEPTOR_NODE_*``)."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+
+from interceptor.common.config import opt, required
+from interceptor.common.errors import ConfigError
+
+
+@dataclass
+class NodeConfig:
+    node_name: str = required("this compute node's name, as bindings name it")
+    backend_url: str = required("central backend, e.g. http://127.0.0.1:8700")
+    node_token: str = required("bearer token of this node at the backend")
+    signing_key: str = required("platform-wide key that signs node requests")
+    datapath: str = opt("nft", "kernel datapath: nft or ebpf")
+    tap_patterns: list[str] = opt(
+        ["tap*", "vnet*"], "interface name patterns the daemon manages (fail closed)")
+    metadata_address: str = opt("169.254.169.254", "address guests ask")
+    metadata_port: int = opt(80, "TCP port guests ask")
+    operator_host: str = opt("127.0.0.1", "operator listener (metrics, health)")
+    operator_port: int = opt(9100, "operator listener port; 0 disables")
+    disabled_action: str = opt(
+        "reset", "metadata disabled for a VM: reset (datapath refuses) or 403")
+    cache_ttl: float = opt(60.0, "seconds a document is fresh before revalidation")
+    stale_if_error: float = opt(
+        300.0, "seconds a document may be served past its TTL while the backend is down")
+    token_secret: str | None = opt(
+        None, "secret for EC2 session tokens (random per start when unset)")
+    token_hop_limit: int = opt(1, "IP TTL of EC2 token responses")
+    rate_limit: float = opt(200.0, "requests per second per VM before 429")
+    rate_burst: int = opt(400, "burst of the per-VM request rate limit")
+    reconcile_interval: float = opt(30.0, "seconds between full reconciles")
+    route_table: int = opt(4711, "policy routing table for marked packets")
+    rule_priority: int = opt(10000, "first of the ip rule priorities the daemon uses")
+    nft_table: str = opt("interceptor", "nftables table name (inet/netdev)")
+    bpf_pin_dir: str = opt("/sys/fs/bpf/interceptor", "where BPF maps are pinned")
+    shutdown_grace: float = opt(5.0, "seconds in-flight requests get on SIGTERM")
+    keep_datapath_on_exit: bool = opt(
+        False, "leave the datapath in the kernel on exit (guests then wait for restart)")
+    log_format: str = opt("text", "text or json")
+    log_level: str = opt("info", "debug, info, warning, error")
+
+    def validate(self) -> None:
+        if self.datapath not in ("nft", "ebpf"):
+            raise ConfigError(f"config: datapath must be nft or ebpf, not {self.datapath!r}")
+        if self.disabled_action not in ("reset", "403"):
+            raise ConfigError(
+                f"config: disabled_action must be reset or 403, not {self.disabled_action!r}")
+        if not self.backend_url.startswith(("http://", "https://")):
+            raise ConfigError(f"config: backend_url must be an http(s) URL: {self.backend_url!r}")
+        if not self.tap_patterns:
+            raise ConfigError("config: tap_patterns must name at least one pattern")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"config: log_format must be text or json, not {self.log_format!r}")
+        for name in ("node_name", "node_token", "signing_key"):
+            if not getattr(self, name):
+                raise ConfigError(f"config: {name} must not be empty")
+        if not 0 < self.metadata_port < 65536:
+            raise ConfigError("config: metadata_port must be 1..65535")
+        if self.cache_ttl <= 0 or self.stale_if_error < 0:
+            raise ConfigError("config: cache_ttl must be > 0 and stale_if_error >= 0")
+
+    def manages(self, ifname: str) -> bool:
+        return any(fnmatch.fnmatchcase(ifname, p) for p in self.tap_patterns)

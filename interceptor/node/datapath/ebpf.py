@@ -1,0 +1,489 @@
+"""The eBPF datapath: a tc ``clsact`` ingress program on every managed tap.
+
+The program (``bpf/tap_ingress.c``, compiled at run time by BCC) answers ARP
+for 169.254.169.254 on enabled taps, hands TCP to 169.254.169.254:80 to the
+tap's transparent listener (``bpf_sk_assign``) with the tap's mark, answers
+TCP from refused taps with a RST sent straight back out the tap, and drops
+anything else addressed to the metadata address. All per-tap state is in
+maps keyed by ifindex, pinned under ``<bpffs>/interceptor/<instance>/``:
+
+* ``enabled``    ifindex -> {mark, bridge MAC}; presence means "steer".
+* ``stats``      ifindex -> per-CPU counters (read by ``counters``).
+* ``syn_bucket`` ifindex -> per-tap SYN token bucket state.
+* ``config``     the ARP reply MAC, SYN rate and burst.
+
+Restart: tc holds the programs and bpffs the maps, so guests keep working
+while the daemon is away (an enabled tap's ARP is still answered, a refused
+tap is still refused; TCP waits for the listeners, guests retry by SYN
+retransmit). A new instance recompiles, adopts the pinned maps (their layout
+is checked; a stale layout is replaced), and ``replace``s the filters at a
+fixed ``prio``/handle, so nothing is duplicated.
+
+Bridged taps: tc ingress on the tap sees the frame before the bridge, so ARP
+and refusals work unchanged. The IP stack, however, sees the *bridge* as the
+ingress device, so steered segments are readdressed to the bridge's MAC and a
+second program on the bridge's ingress assigns them to a listener bound to
+the bridge. Identity is then the mark (tap ifindex in the low 24 bits), which
+the accepted socket carries with ``net.ipv4.tcp_fwmark_accept=1``.
+
+Everything acts in the network namespace of the calling thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import logging
+import os
+import re
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from interceptor.common.errors import DatapathError
+from interceptor.node.datapath.base import MARK_MASK, MARK_TAG, TapCounters, TapState
+from interceptor.node.datapath.ebpf_syscall import pinned_map_info
+from interceptor.node.datapath.routing import DEFAULT_PREF, DEFAULT_TABLE, PolicyRouting
+
+log = logging.getLogger(__name__)
+
+SOURCE_NAME = "tap_ingress.c"
+TAP_FUNCTION = "tap_ingress"
+BRIDGE_FUNCTION = "bridge_ingress"
+MAP_NAMES = ("enabled", "stats", "syn_bucket", "config")
+INGRESS_PARENT = 0xFFFFFFF2  # clsact ingress ("ffff:fff2")
+FILTER_HANDLE = 1
+DEFAULT_ARP_MAC = "02:a9:fe:a9:fe:00"  # same as the nft datapath
+FALLBACK_HINT = "use --datapath nft"
+
+# Per-CPU counters in `struct tap_stats`, and where each lands in TapCounters.
+STAT_FIELDS: dict[str, str] = {
+    "steered": "steered_packets",
+    "refused": "refused_packets",
+    "arp_replies": "arp_replies",
+    "syn_limited": "syn_rate_limited",
+    "malformed": "malformed",
+    "no_listener": "no_listener",
+    "dropped": "unsteered_dropped",
+    "arp_refused": "arp_refused",
+}
+
+_INSTANCE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+
+@dataclass(frozen=True)
+class EbpfConfig:
+    """Knobs of the eBPF datapath (the node config maps onto these)."""
+
+    instance: str = "default"  # pins live in <bpffs>/interceptor/<instance>/
+    bpffs: str = "/sys/fs/bpf"
+    bpf_source: str | None = None  # path of tap_ingress.c; None: found next to the package
+    arp_reply_mac: str = DEFAULT_ARP_MAC
+    arp_when_refused: bool = False  # answer ARP on refused taps too (then RST, not timeout)
+    syn_rate_per_s: int = 20  # per tap; 0 = no limit
+    syn_burst: int = 40
+    tc_prio: int = 77  # fixed filter priority: replace, never duplicate
+    route_table: int = DEFAULT_TABLE
+    rule_pref: int = DEFAULT_PREF
+
+    def __post_init__(self) -> None:
+        if not _INSTANCE.match(self.instance) or self.instance in (".", ".."):
+            raise DatapathError(f"ebpf: invalid instance name {self.instance!r}")
+        if not _MAC.match(self.arp_reply_mac):
+            raise DatapathError(f"ebpf: invalid ARP reply MAC {self.arp_reply_mac!r}")
+        if int(self.arp_reply_mac[:2], 16) & 1:
+            raise DatapathError(f"ebpf: ARP reply MAC {self.arp_reply_mac} is multicast")
+        if self.syn_rate_per_s < 0 or self.syn_burst < 1:
+            raise DatapathError("ebpf: syn_rate_per_s must be >= 0 and syn_burst >= 1")
+        if not 0 < self.tc_prio < 0x10000:
+            raise DatapathError(f"ebpf: tc_prio {self.tc_prio} must be in 1..65535")
+
+    @property
+    def pin_dir(self) -> Path:
+        return Path(self.bpffs) / "interceptor" / self.instance
+
+    @property
+    def filter_name(self) -> str:
+        """TCA_BPF_NAME of our filters: how a later run recognises them."""
+        return f"interceptor:{self.instance}"
+
+
+def default_source() -> Path:
+    """Where ``tap_ingress.c`` is: a copy shipped inside the package wins,
+    else the repository's ``bpf/`` beside the package (editable installs)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "bpf" / SOURCE_NAME, here.parents[2] / "bpf" / SOURCE_NAME):
+        if candidate.is_file():
+            return candidate
+    return here.parents[2] / "bpf" / SOURCE_NAME
+
+
+class EbpfDatapath:
+    """The ``Datapath`` protocol over a BCC-compiled tc program."""
+
+    name = "ebpf"
+
+    def __init__(self, cfg: EbpfConfig | None = None) -> None:
+        self.cfg = cfg or EbpfConfig()
+        self.routing = PolicyRouting(self.cfg.route_table, self.cfg.rule_pref)
+        self._bpf: Any = None  # bcc.BPF; holds the program and map fds
+        self._tap_fd = -1
+        self._bridge_fd = -1
+        self._taps: dict[str, TapState] = {}
+        self._attached: set[int] = set()  # ifindexes carrying our filter (taps + bridges)
+        self._reconciled = False  # first sync after install scans every link
+
+    # -- Datapath protocol -----------------------------------------------------
+
+    def install(self) -> None:
+        """Compile and load the program, adopt or create the pinned maps, write
+        the config map, install policy routing. Filters are attached by sync."""
+        _ensure_bpffs(Path(self.cfg.bpffs))
+        pin_dir = self.cfg.pin_dir
+        try:
+            pin_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DatapathError(f"ebpf: cannot create {pin_dir}: {exc.strerror}") from None
+        self._bpf = self._compile()
+        if self._stale_layout():
+            log.warning("ebpf: pinned maps in %s have another layout; recreating them", pin_dir)
+            self._bpf.cleanup()
+            _unpin(pin_dir, keep_dir=True)
+            self._bpf = self._compile()
+        self._tap_fd = self._load(TAP_FUNCTION)
+        self._bridge_fd = self._load(BRIDGE_FUNCTION)
+        self._write_config()
+        self.routing.install()
+        self._attached = set()
+        self._reconciled = False
+
+    def installed(self) -> bool:
+        pins = all((self.cfg.pin_dir / m).exists() for m in MAP_NAMES)
+        return pins and self.routing.present()
+
+    def sync(self, taps: Mapping[str, TapState]) -> None:
+        """Attach to every tap in ``taps`` (and to their bridges), set the map
+        entries, detach from and forget every ifindex no longer wanted."""
+        if self._bpf is None:
+            raise DatapathError("ebpf: not installed; install() the datapath first")
+        for name, tap in taps.items():
+            if name != tap.ifname:
+                raise DatapathError(f"ebpf: bad tap entry {name!r}")
+        with IPRoute() as ipr:
+            bridges = self._bridge_indexes(ipr, taps)
+            want = {tap.ifindex for tap in taps.values()} | set(bridges.values())
+            if not self._reconciled:
+                self._attached = self._scan_attached(ipr)
+                self._reconciled = True
+            self._set_entries(taps, bridges, ipr)
+            for ifindex in sorted(self._attached - want):
+                self._detach(ipr, ifindex)
+            bridge_indexes = set(bridges.values())
+            for ifindex in sorted(want):
+                fd = self._bridge_fd if ifindex in bridge_indexes else self._tap_fd
+                try:
+                    self._attach(ipr, ifindex, fd)
+                except _LinkGone:
+                    log.info("ebpf: ifindex %d vanished during sync", ifindex)
+        self._taps = dict(taps)
+
+    def counters(self) -> dict[str, TapCounters]:
+        if self._bpf is None:
+            return {}
+        by_index = {tap.ifindex: name for name, tap in self._taps.items()}
+        out = {name: TapCounters() for name in self._taps}
+        for key, per_cpu in self._table("stats").items():
+            name = by_index.get(int(key.value))
+            if name is None:
+                continue
+            c = out[name]
+            for field_name, target in STAT_FIELDS.items():
+                total = sum(int(getattr(v, field_name)) for v in per_cpu)
+                if hasattr(c, target):
+                    setattr(c, target, getattr(c, target) + total)
+                else:
+                    c.extra[target] = c.extra.get(target, 0) + total
+        return out
+
+    def remove(self) -> None:
+        """Detach every filter of ours (any link), delete clsact qdiscs left
+        empty, unpin the maps, remove policy routing. Needs neither BCC nor a
+        prior install (``--cleanup`` after a crash)."""
+        with IPRoute() as ipr:
+            for ifindex in sorted(self._scan_attached(ipr) | self._attached):
+                self._detach(ipr, ifindex)
+        if self._bpf is not None:
+            self._bpf.cleanup()
+            self._bpf = None
+        _unpin(self.cfg.pin_dir, keep_dir=False)
+        self.routing.remove()
+        self._attached = set()
+        self._taps = {}
+        self._reconciled = False
+
+    # -- extras for operators and tests ------------------------------------------
+
+    def attached_ifindexes(self) -> set[int]:
+        """Links that carry one of our filters right now (scans every link)."""
+        with IPRoute() as ipr:
+            return self._scan_attached(ipr)
+
+    @property
+    def tap_program_fd(self) -> int:
+        """fd of the loaded tap program (-1 before install), e.g. for BPF_PROG_TEST_RUN."""
+        return self._tap_fd
+
+    @property
+    def bridge_program_fd(self) -> int:
+        return self._bridge_fd
+
+    def close(self) -> None:
+        """Drop the loader's fds; programs stay attached and maps pinned."""
+        if self._bpf is not None:
+            self._bpf.cleanup()
+            self._bpf = None
+
+    # -- compiling and loading ---------------------------------------------------
+
+    def _compile(self) -> Any:
+        try:
+            from bcc import BPF
+        except ImportError:
+            raise DatapathError(
+                "ebpf: BCC is not importable (install Debian python3-bpfcc and use a "
+                f"virtualenv with system site packages), or {FALLBACK_HINT}") from None
+        release = os.uname().release
+        build = Path("/lib/modules") / release / "build"
+        if not build.exists():
+            raise DatapathError(
+                f"ebpf: no kernel headers at {build} for BCC (see scripts/setup.sh), "
+                f"or {FALLBACK_HINT}")
+        source = Path(self.cfg.bpf_source) if self.cfg.bpf_source else default_source()
+        try:
+            text = source.read_text()
+        except OSError as exc:
+            raise DatapathError(
+                f"ebpf: cannot read the program source {source}: {exc.strerror} "
+                "(set bpf_source)") from None
+        cflags = [f'-DPIN_DIR="{self.cfg.pin_dir}"', f"-DMARK_TAG={MARK_TAG:#x}u",
+                  f"-DMARK_MASK={MARK_MASK:#x}u"]
+        try:
+            return BPF(text=text.encode(), cflags=cflags)
+        except Exception as exc:  # BCC raises bare Exception; clang's errors went to stderr
+            raise DatapathError(
+                f"ebpf: BCC could not compile {source.name} ({_one_line(exc)}); "
+                f"kernel headers or BCC may not match this kernel, or {FALLBACK_HINT}") from None
+
+    def _load(self, function: str) -> int:
+        from bcc import BPF
+
+        try:
+            return int(self._bpf.load_func(function.encode(), BPF.SCHED_CLS).fd)
+        except Exception as exc:  # the verifier's log went to stderr
+            raise DatapathError(
+                f"ebpf: the kernel refused program {function} ({_one_line(exc)}), "
+                f"or {FALLBACK_HINT}") from None
+
+    def _stale_layout(self) -> bool:
+        """True if any pinned map differs in shape from what the program needs."""
+        for name in MAP_NAMES:
+            table = self._table(name)
+            try:
+                info = pinned_map_info(str(self.cfg.pin_dir / name))
+            except OSError:
+                return True
+            leaf = getattr(table, "sLeaf", table.Leaf)  # per-CPU tables: one CPU's value
+            if (info.key_size, info.value_size) != (_sizeof(table.Key), _sizeof(leaf)):
+                return True
+        return False
+
+    def _write_config(self) -> None:
+        table = self._table("config")
+        key = table.Key(0)
+        leaf = table.Leaf()
+        mac = bytes.fromhex(self.cfg.arp_reply_mac.replace(":", ""))
+        leaf.arp_mac = (ctypes.c_ubyte * 6)(*mac)
+        leaf.arp_when_refused = 1 if self.cfg.arp_when_refused else 0
+        rate = self.cfg.syn_rate_per_s
+        leaf.syn_interval_ns = 1_000_000_000 // rate if rate else 0
+        leaf.syn_burst = self.cfg.syn_burst
+        table[key] = leaf
+
+    # -- map entries ---------------------------------------------------------------
+
+    def _table(self, name: str) -> Any:
+        return self._bpf[name.encode()]  # BCC wants bytes for names
+
+    def _bridge_indexes(self, ipr: Any, taps: Mapping[str, TapState]) -> dict[str, int]:
+        """ifindex of every bridge that has a steered tap."""
+        out: dict[str, int] = {}
+        for tap in taps.values():
+            if tap.bridge and tap.steer and tap.bridge not in out:
+                found = ipr.link_lookup(ifname=tap.bridge)
+                if found:
+                    out[tap.bridge] = int(found[0])
+                else:
+                    log.warning("ebpf: bridge %s of tap %s not found", tap.bridge, tap.ifname)
+        return out
+
+    def _set_entries(self, taps: Mapping[str, TapState], bridges: Mapping[str, int],
+                     ipr: Any) -> None:
+        enabled = self._table("enabled")
+        want: dict[int, tuple[int, bytes]] = {}
+        for tap in taps.values():
+            if not tap.steer:
+                continue
+            l2 = b"\0" * 6
+            if tap.bridge:
+                if tap.bridge not in bridges:
+                    continue  # fail closed until the bridge shows up
+                l2 = _link_mac(ipr, bridges[tap.bridge])
+            want[tap.ifindex] = (tap.mark, l2)
+        have: dict[int, tuple[int, bytes]] = {
+            int(k.value): (int(v.mark), bytes(v.l2_dst)) for k, v in enabled.items()}
+        for ifindex in have.keys() - want.keys():
+            _delete(enabled, enabled.Key(ifindex))
+        for ifindex, (mark, l2) in want.items():
+            if have.get(ifindex) == (mark, l2):
+                continue
+            leaf = enabled.Leaf()
+            leaf.mark = mark
+            leaf.l2_dst = (ctypes.c_ubyte * 6)(*l2)
+            enabled[enabled.Key(ifindex)] = leaf
+        # Counters and buckets of taps that are gone (their ifindex never returns).
+        keep = {tap.ifindex for tap in taps.values()}
+        for name in ("stats", "syn_bucket"):
+            table = self._table(name)
+            for key in [int(k.value) for k in table]:
+                if key not in keep:
+                    _delete(table, table.Key(key))
+
+    # -- tc plumbing -----------------------------------------------------------------
+
+    def _attach(self, ipr: Any, ifindex: int, fd: int) -> None:
+        try:
+            ipr.tc("add", "clsact", ifindex)
+        except NetlinkError as exc:
+            if exc.code in (errno.ENODEV, errno.ENOENT):
+                raise _LinkGone from None
+            if exc.code != errno.EEXIST:
+                raise DatapathError(f"ebpf: cannot add clsact on ifindex {ifindex}: {exc}") \
+                    from None
+        try:
+            ipr.tc("replace-filter", "bpf", ifindex, f":{FILTER_HANDLE}", fd=fd,
+                   name=self.cfg.filter_name, parent=INGRESS_PARENT, prio=self.cfg.tc_prio,
+                   classid=1, direct_action=True)
+        except NetlinkError as exc:
+            if exc.code in (errno.ENODEV, errno.ENOENT):
+                raise _LinkGone from None
+            raise DatapathError(f"ebpf: cannot attach to ifindex {ifindex}: {exc}") from None
+        self._attached.add(ifindex)
+
+    def _detach(self, ipr: Any, ifindex: int) -> None:
+        """Delete our filter; delete the clsact qdisc when nothing else uses it."""
+        self._attached.discard(ifindex)
+        try:
+            if self._ours_on(ipr, ifindex):
+                ipr.tc("del-filter", "bpf", ifindex, f":{FILTER_HANDLE}",
+                       parent=INGRESS_PARENT, prio=self.cfg.tc_prio)
+            if _clsact_empty(ipr, ifindex):
+                ipr.tc("del", "clsact", ifindex)
+        except NetlinkError as exc:
+            if exc.code not in (errno.ENODEV, errno.ENOENT, errno.EINVAL):
+                raise DatapathError(f"ebpf: cannot detach from ifindex {ifindex}: {exc}") \
+                    from None
+
+    def _ours_on(self, ipr: Any, ifindex: int) -> bool:
+        for f in ipr.get_filters(index=ifindex, parent=INGRESS_PARENT):
+            opts = f.get_attr("TCA_OPTIONS")
+            if opts is not None and opts.get_attr("TCA_BPF_NAME") == self.cfg.filter_name:
+                return True
+        return False
+
+    def _scan_attached(self, ipr: Any) -> set[int]:
+        """Every link whose clsact ingress carries a filter with our name."""
+        found: set[int] = set()
+        for q in ipr.get_qdiscs():
+            if q.get_attr("TCA_KIND") != "clsact":
+                continue
+            try:
+                if self._ours_on(ipr, int(q["index"])):
+                    found.add(int(q["index"]))
+            except NetlinkError:
+                continue
+        return found
+
+
+class _LinkGone(Exception):
+    """The link disappeared while we worked on it (tap churn)."""
+
+
+def _clsact_empty(ipr: Any, ifindex: int) -> bool:
+    for parent in (INGRESS_PARENT, 0xFFFFFFF3):  # ingress, egress
+        if ipr.get_filters(index=ifindex, parent=parent):
+            return False
+    return any(q.get_attr("TCA_KIND") == "clsact" for q in ipr.get_qdiscs(index=ifindex))
+
+
+def _link_mac(ipr: Any, ifindex: int) -> bytes:
+    links = ipr.get_links(ifindex)
+    addr = links[0].get_attr("IFLA_ADDRESS") if links else None
+    if not addr:
+        raise DatapathError(f"ebpf: no MAC address on bridge ifindex {ifindex}")
+    return bytes.fromhex(str(addr).replace(":", ""))
+
+
+def _delete(table: Any, key: Any) -> None:
+    with contextlib.suppress(KeyError):
+        del table[key]
+
+
+def _sizeof(ctype: Any) -> int:
+    return ctypes.sizeof(ctype)
+
+
+def _ensure_bpffs(root: Path) -> None:
+    """Mount bpffs at ``root`` unless it is one already."""
+    try:
+        mounts = Path("/proc/self/mounts").read_text()
+    except OSError:
+        mounts = ""
+    if any(line.split()[1:3] == [str(root), "bpf"] for line in mounts.splitlines()
+           if len(line.split()) > 2):
+        return
+    proc = subprocess.run(["mount", "-t", "bpf", "bpf", str(root)], capture_output=True,
+                          text=True, check=False)
+    if proc.returncode != 0:
+        raise DatapathError(
+            f"ebpf: {root} is not a bpffs and mounting one failed: "
+            f"{proc.stderr.strip() or proc.returncode}")
+
+
+def _unpin(pin_dir: Path, *, keep_dir: bool) -> None:
+    try:
+        entries = list(pin_dir.iterdir())
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise DatapathError(f"ebpf: cannot list {pin_dir}: {exc.strerror}") from None
+    for entry in entries:
+        entry.unlink(missing_ok=True)
+    if keep_dir:
+        return
+    for d in (pin_dir, pin_dir.parent):
+        try:
+            d.rmdir()
+        except OSError:
+            break  # not empty (another instance) or gone
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__

@@ -1,0 +1,189 @@
+"""Policy routing that delivers marked metadata packets locally.
+
+Shared by the nft and eBPF datapaths. After the datapath has marked a packet
+from a tap (``mark & 0xff000000 == 0x4d000000``) and assigned it to a
+transparent listener, the IP layer still has to decide that 169.254.169.254
+is *local*; a catch-all local route in a table of our own does that:
+
+    ip route add local 0.0.0.0/0 dev lo table T
+    pref P    iif lo fwmark 0x4d000000/0xff000000 goto P+2
+    pref P+1  fwmark 0x4d000000/0xff000000 lookup T
+    pref P+2  nop
+
+Why three rules and not one (or one per tap):
+
+* Per-tap ``iif <tap>`` rules would make the rule list grow with the taps;
+  per-tap state lives in nft sets / BPF maps instead, so the rule count is
+  constant.
+* A bare ``fwmark … lookup T`` also matches packets the host *sends* with the
+  mark: with ``net.ipv4.tcp_fwmark_accept=1`` an accepted socket inherits the
+  SYN's mark, so its replies would be routed to ``lo`` (DESIGN's pitfall).
+  For locally generated packets the routing ``iif`` is ``lo``, so the first
+  rule sends them past the tproxy table to ``nop`` (a target of our own, so
+  the ``goto`` never depends on someone else's rule) and on to the usual
+  rules. Verified: replies from the per-tap listeners leave through the tap
+  with ``tcp_fwmark_accept`` 0 and 1. (Sockets bound to the tap happen to
+  survive the bare rule too, because the ``lo`` route does not match their
+  output interface; the exclusion keeps every other socket correct as well.)
+
+``net.ipv4.tcp_fwmark_accept`` is left as the operator set it: the rules are
+correct either way, and identity comes from the listener's device, not from
+the mark (with 1, ``SO_MARK`` on an accepted socket is a useful cross-check).
+
+Reverse-path filtering: the kernel validates the guest's source address on
+the tap before local delivery. With ``rp_filter`` 1 (strict) the host needs a
+route to the guest's address through that tap, and with 2 (loose) any route
+to it; an on-link guest whose address the host does not route is dropped.
+``rp_filter_blocks`` reports taps where that can happen.
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from interceptor.common.errors import DatapathError
+from interceptor.node.datapath.base import MARK_MASK, MARK_TAG
+
+DEFAULT_TABLE = 4711
+DEFAULT_PREF = 1000
+
+FR_ACT_TO_TBL = 1
+FR_ACT_GOTO = 2
+FR_ACT_NOP = 3
+RTN_LOCAL = 2
+RT_SCOPE_HOST = 254
+RTPROT_STATIC = 4
+
+
+@dataclass(frozen=True)
+class PolicyRouting:
+    """The constant set of ip rules and the one route; idempotent install/remove.
+
+    Works in the network namespace of the calling thread.
+    """
+
+    table: int = DEFAULT_TABLE
+    pref: int = DEFAULT_PREF
+    mark: int = MARK_TAG
+    mask: int = MARK_MASK
+
+    def __post_init__(self) -> None:
+        if not 0 < self.table < 0xFFFFFFFF or self.table in (253, 254, 255):
+            raise DatapathError(f"routing: table {self.table} is reserved or out of range")
+        if not 0 < self.pref < 32764:
+            raise DatapathError(f"routing: rule preference {self.pref} must be in 1..32763")
+
+    def _rules(self) -> list[dict[str, Any]]:
+        base = {"family": 2, "fwmark": self.mark, "fwmask": self.mask}
+        return [
+            {**base, "priority": self.pref, "iifname": "lo",
+             "action": FR_ACT_GOTO, "goto": self.pref + 2},
+            {**base, "priority": self.pref + 1, "table": self.table, "action": FR_ACT_TO_TBL},
+            {"family": 2, "priority": self.pref + 2, "action": FR_ACT_NOP},
+        ]
+
+    def _route(self, lo: int) -> dict[str, Any]:
+        # A local route must have host scope, or the kernel answers EINVAL.
+        return {"dst": "0.0.0.0/0", "type": RTN_LOCAL, "scope": RT_SCOPE_HOST, "oif": lo,
+                "table": self.table, "family": 2, "proto": RTPROT_STATIC}
+
+    def install(self) -> None:
+        """Add the rules and the route unless present (apply twice = apply once)."""
+        try:
+            with IPRoute() as ipr:
+                lo = _lo_index(ipr)
+                # Route first: the moment the lookup rule exists it must resolve.
+                ipr.route("replace", **self._route(lo))
+                present = _dump_rules(ipr)
+                # The nop target before the goto that points at it.
+                for rule in reversed(self._rules()):
+                    if not any(_same_rule(rule, have) for have in present):
+                        ipr.rule("add", **rule)
+        except NetlinkError as exc:
+            raise DatapathError(f"routing: cannot install policy routing: {exc}") from None
+
+    def remove(self) -> None:
+        """Delete our rules and route; a no-op for what is already gone."""
+        try:
+            with IPRoute() as ipr:
+                for rule in self._rules():
+                    for have in _dump_rules(ipr):
+                        if _same_rule(rule, have):
+                            _ignore_missing(ipr.rule, "del", **rule)
+                lo = _lo_index(ipr)
+                _ignore_missing(ipr.route, "del", **self._route(lo))
+        except NetlinkError as exc:
+            raise DatapathError(f"routing: cannot remove policy routing: {exc}") from None
+
+    def present(self) -> bool:
+        """True when every rule and the local route are in place."""
+        with IPRoute() as ipr:
+            rules = _dump_rules(ipr)
+            if not all(any(_same_rule(r, have) for have in rules) for r in self._rules()):
+                return False
+            routes = ipr.route("dump", table=self.table, family=2)
+            return any(r.get("type") == RTN_LOCAL and r.get("dst_len") == 0 for r in routes)
+
+
+def install_routing(table: int = DEFAULT_TABLE, pref: int = DEFAULT_PREF) -> None:
+    PolicyRouting(table, pref).install()
+
+
+def remove_routing(table: int = DEFAULT_TABLE, pref: int = DEFAULT_PREF) -> None:
+    PolicyRouting(table, pref).remove()
+
+
+def routing_present(table: int = DEFAULT_TABLE, pref: int = DEFAULT_PREF) -> bool:
+    return PolicyRouting(table, pref).present()
+
+
+def rp_filter_blocks(ifname: str, proc: Path = Path("/proc/sys/net/ipv4/conf")) -> int:
+    """The effective ``rp_filter`` mode on ``ifname`` (max of ``all`` and the
+    device), 0 when reverse-path filtering cannot drop unrouted guests."""
+    def read(dev: str) -> int:
+        try:
+            return int((proc / dev / "rp_filter").read_text().strip())
+        except (OSError, ValueError):
+            return 0
+    return max(read("all"), read(ifname))
+
+
+def _lo_index(ipr: Any) -> int:
+    found = ipr.link_lookup(ifname="lo")
+    if not found:
+        raise DatapathError("routing: no loopback interface in this network namespace")
+    return int(found[0])
+
+
+def _dump_rules(ipr: Any) -> list[dict[str, Any]]:
+    out = []
+    for msg in ipr.get_rules(family=2):
+        out.append({
+            "priority": msg.get("priority", 0),
+            "action": msg["action"],
+            "fwmark": msg.get("fwmark"),
+            "fwmask": msg.get("fwmask"),
+            "iifname": msg.get("iifname"),
+            "goto": msg.get("goto"),
+            "table": msg.get("table") if msg["action"] == FR_ACT_TO_TBL else None,
+        })
+    return out
+
+
+def _same_rule(want: dict[str, Any], have: dict[str, Any]) -> bool:
+    keys = ("priority", "action", "fwmark", "fwmask", "iifname", "goto", "table")
+    return all(want.get(k) == have.get(k) for k in keys)
+
+
+def _ignore_missing(call: Any, *args: Any, **kwargs: Any) -> None:
+    try:
+        call(*args, **kwargs)
+    except NetlinkError as exc:
+        if exc.code not in (errno.ENOENT, errno.ESRCH):
+            raise

@@ -1,0 +1,130 @@
+"""Every cell of the access matrix (issue 3), for each object kind, over HTTP.
+
+                         public  restricted  private  system
+    presented to the VM   yes      yes         no      yes
+    owner reads           yes      yes         yes     yes
+    owner writes          yes      yes         yes     no
+    non-owner reads       yes      no          no      no
+    non-owner writes      no       no          no      no
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pytest
+
+from tests.backend.support import ADMIN, Api
+
+CLASSES = ("public", "restricted", "private", "system")
+KINDS = ("customer", "image", "server", "runtime")
+VM_SEES = {"public": True, "restricted": True, "private": False, "system": True}
+OWNER_WRITES = {"public": True, "restricted": True, "private": True, "system": False}
+OTHER_READS = {"public": True, "restricted": False, "private": False, "system": False}
+
+
+@dataclass
+class Scene:
+    owner: str
+    other: str
+    paths: dict[str, str]
+
+
+async def _scene(api: Api) -> Scene:
+    owner = await api.customer("c-own")
+    other = await api.customer("c-oth")
+    r = await api.call("POST", "/v1/images", owner,
+                       json_body={"id": "img-own", "name": "img", "visibility": "public"})
+    assert r.status == 201, r.body
+    await api.server("s-own", "c-own", token=owner, image_id="img-own")
+    r = await api.call("POST", "/v1/servers/s-own/start", owner)
+    assert r.status == 200, r.body
+    return Scene(owner, other, {
+        "customer": "/v1/customers/c-own/metadata/",
+        "image": "/v1/images/img-own/metadata/",
+        "server": "/v1/servers/s-own/metadata/",
+        "runtime": "/v1/servers/s-own/runtime/metadata/",
+    })
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("cls", CLASSES)
+async def test_matrix_cell(api: Api, kind: str, cls: str) -> None:
+    scene = await _scene(api)
+    path = scene.paths[kind] + cls
+    marker = f"v-{kind}-{cls}-7f3a"
+
+    # The platform writes every class (system only by it).
+    r = await api.call("PATCH", path, ADMIN, json_body={"by_admin": marker})
+    assert r.status == 200, r.body
+
+    # Owner reads: yes for every class.
+    r = await api.call("GET", path, scene.owner)
+    assert r.status == 200, r.body
+    assert r.body["by_admin"] == marker
+
+    # Owner writes: yes except system.
+    r = await api.call("PATCH", path, scene.owner, json_body={"by_owner": "x"})
+    assert r.status == (200 if OWNER_WRITES[cls] else 403), r.body
+    r = await api.call("PUT", path, scene.owner, json_body={"by_admin": marker, "o": "1"})
+    assert r.status == (200 if OWNER_WRITES[cls] else 403), r.body
+    if r.status == 403:
+        assert "error" in r.body
+
+    # Non-owner reads: public only; never sees values of other classes.
+    r = await api.call("GET", path, scene.other)
+    assert r.status == (200 if OTHER_READS[cls] else 403), r.body
+    if r.status == 200:
+        assert r.body["by_admin"] == marker
+    else:
+        assert marker not in json.dumps(r.body)
+
+    # Non-owner writes: never, in any form.
+    for method in ("PATCH", "PUT"):
+        r = await api.call(method, path, scene.other, json_body={"evil": "1"})
+        assert r.status == 403, (method, r.body)
+    r = await api.call("GET", path, scene.owner)
+    assert "evil" not in r.body
+
+    # Presented to the VM: public, restricted, system; never private.
+    doc = await api.document("s-own")
+    assert (doc["meta"][kind].get(cls, {}).get("by_admin") == marker) is VM_SEES[cls]
+    assert (marker in json.dumps(doc)) is VM_SEES[cls]
+
+
+async def test_node_tokens_cannot_use_owner_api(api: Api) -> None:
+    await api.customer("c1")
+    await api.server("s1", "c1")
+    r = await api.call("GET", "/v1/servers/s1/metadata/public", "tok-node-a-" + "x" * 16)
+    assert r.status == 403
+
+
+async def test_platform_image_owned_by_admin(api: Api) -> None:
+    tok = await api.customer("c1")
+    r = await api.call("POST", "/v1/images", json_body={"id": "base", "visibility": "public"})
+    assert r.status == 201 and r.body["owner"] is None
+    r = await api.call("PATCH", "/v1/images/base/metadata/system",
+                       json_body={"default_username": "debian"})
+    assert r.status == 200
+    assert (await api.call("GET", "/v1/images/base/metadata/public", tok)).status == 200
+    assert (await api.call("GET", "/v1/images/base/metadata/system", tok)).status == 403
+    assert (await api.call("PATCH", "/v1/images/base/metadata/public", tok,
+                           json_body={"a": "b"})).status == 403
+    await api.server("s1", "c1", token=tok, image_id="base")
+    doc = await api.document("s1")
+    assert doc["meta"]["image"]["system"]["default_username"] == "debian"
+
+
+async def test_private_image_hidden_and_unusable(api: Api) -> None:
+    tok_a = await api.customer("ca")
+    tok_b = await api.customer("cb")
+    r = await api.call("POST", "/v1/images", tok_a, json_body={"id": "priv"})
+    assert r.status == 201 and r.body["visibility"] == "private"
+    assert (await api.call("GET", "/v1/images/priv", tok_b)).status == 404
+    assert (await api.call("GET", "/v1/images/priv/metadata/public", tok_b)).status == 404
+    listing = await api.call("GET", "/v1/images", tok_b)
+    assert [i["id"] for i in listing.body["items"]] == []
+    r = await api.call("PUT", "/v1/servers/sb", tok_b,
+                       json_body={"hostname": "sb", "image_id": "priv"})
+    assert r.status == 400

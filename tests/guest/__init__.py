@@ -1,0 +1,20 @@
+"""A real QEMU guest for tests: busybox initramfs that fetches metadata paths.
+
+    from tests.guest import boot_guest, netns, tap_device, random_mac
+    with netns() as ns, tap_device(ns) as tap:
+        result = boot_guest(ns, tap, random_mac(),
+                            {"ip": "10.0.0.2/24", "route": "onlink",
+                             "paths": ["/latest/meta-data/instance-id"]}, timeout=60)
+        assert result.response("/latest/meta-data/instance-id").status == 200
+"""
+
+from tests.guest.console import GuestResponse, GuestResult
+from tests.guest.image import GuestBuildError, GuestImage, build_guest
+from tests.guest.net import netns, random_mac, tap_device, unique_name
+from tests.guest.qemu import GuestBootError, boot_guest, boot_guest_async, kernel_args
+
+__all__ = [
+    "GuestBootError", "GuestBuildError", "GuestImage", "GuestResponse", "GuestResult",
+    "boot_guest", "boot_guest_async", "build_guest", "kernel_args", "netns",
+    "random_mac", "tap_device", "unique_name",
+]

@@ -1,0 +1,168 @@
+"""The nft datapath's generated ruleset and sync batches (no kernel needed)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from interceptor.common.errors import DatapathError
+from interceptor.node.datapath.base import TapState
+from interceptor.node.datapath.nft import (
+    SHARD_SIZE,
+    NftConfig,
+    NftDatapath,
+    _Applied,
+    reference_ruleset,
+    render_ingress_chain,
+    render_ruleset,
+    zone_for,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def tap(name: str, ifindex: int, steer: bool = True) -> TapState:
+    return TapState(name, ifindex, f"i-{name}" if steer else None, steer)
+
+
+def test_deploy_reference_file_is_generated_from_the_code() -> None:
+    text = (REPO / "deploy/nftables/interceptor.nft").read_text()
+    assert text == reference_ruleset(), (
+        "regenerate: python -m interceptor.node.datapath.nft > deploy/nftables/interceptor.nft")
+
+
+def test_ruleset_has_no_per_tap_rules_and_fails_closed() -> None:
+    text = render_ruleset(NftConfig())
+    assert "table inet interceptor" in text and "table netdev interceptor" in text
+    # Steering goes through the ifindex map and an explicit tproxy address.
+    assert "meta mark set iif map @vm_mark" in text
+    assert "tproxy ip to 169.254.169.254:80 accept" in text
+    assert "tproxy ip to :" not in text  # would mean "the tap's own address"
+    # Fail closed after the steering rule, and a host input filter.
+    steer = text[text.index("chain steer"):text.index("chain host_input")]
+    assert steer.index("tproxy") < steer.index('drop comment "fail closed"')
+    assert 'drop comment "no other host service for guests"' in text
+    # Unsynced taps that match the patterns are covered by name.
+    assert 'iifname != { "mdtap*", "tap*", "vnet*" } return' in text
+    # Limits from the config.
+    assert "limit rate over 20/second burst 40 packets" in text
+    assert "ct count over 64" in text
+
+
+def test_config_knobs_reach_the_ruleset() -> None:
+    cfg = NftConfig(table="mdx", patterns=("vm-*",), syn_rate_per_s=5, syn_burst=7,
+                    max_connections=3, input_allow_udp=(67,), input_allow_tcp=(53, 5353),
+                    listen_port=8775)
+    text = render_ruleset(cfg)
+    assert "table inet mdx" in text
+    assert 'iifname != { "vm-*" }' in text
+    assert "limit rate over 5/second burst 7 packets" in text
+    assert "ct count over 3" in text
+    assert "udp dport { 67 } accept" in text and "tcp dport { 53, 5353 } accept" in text
+    assert "tproxy ip to 169.254.169.254:8775" in text
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"table": "bad name"}, {"patterns": ("ta*p",)}, {"patterns": ("x" * 20,)},
+    {"arp_reply_mac": "zz:00:00:00:00:00"}, {"metadata_address": "1.2.3"},
+    {"listen_port": 0}, {"syn_rate_per_s": 0}, {"input_allow_tcp": (70000,)},
+])
+def test_bad_config_is_a_clear_error(kwargs: dict[str, object]) -> None:
+    with pytest.raises(DatapathError, match=r"^nft: "):
+        NftConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_ingress_chain_answers_arp_and_resets() -> None:
+    text = render_ingress_chain(NftConfig(), 3, ["tap2", "tap1"])
+    assert 'chain tap_ingress_3' in text
+    assert 'devices = { "tap1", "tap2" }' in text
+    assert "arp operation set reply fwd to iif" in text
+    assert "iif @steered meta pkttype set host accept" in text
+    assert "reject with tcp reset" in text
+    with pytest.raises(DatapathError):
+        render_ingress_chain(NftConfig(), 0, [f"t{i}" for i in range(SHARD_SIZE + 1)])
+
+
+def batch(old: dict[str, TapState], new: dict[str, TapState],
+          shards: list[set[str]]) -> tuple[str, list[set[str]]]:
+    dp = NftDatapath()
+    return dp._sync_batch(new, _Applied(taps=old, shards=shards), full=False)
+
+
+def test_incremental_sync_touches_only_changed_elements() -> None:
+    old = {"tap1": tap("tap1", 11), "tap2": tap("tap2", 12, steer=False)}
+    new = {"tap1": tap("tap1", 11, steer=False), "tap3": tap("tap3", 13)}
+    text, shards = batch(old, new, [{"tap1", "tap2"}])
+    lines = text.splitlines()
+    # tap1 unsteered: add-then-delete (idempotent delete) of its map entries.
+    assert "add element inet interceptor vm_mark { 11 : 0x4d00000b }" in lines
+    assert "delete element inet interceptor vm_mark { 11 : 0x4d00000b }" in lines
+    assert "delete element netdev interceptor steered { 11 }" in lines
+    # tap2 gone: unmanaged, its counters dropped.
+    assert "delete element inet interceptor managed { 12 }" in lines
+    assert "delete element inet interceptor cnt_steered { 12 }" in lines
+    # tap3 new and steered.
+    assert "add element inet interceptor managed { 13 }" in lines
+    assert f"add element inet interceptor vm_zone {{ 13 : {zone_for(13)} }}" in lines
+    assert "add element netdev interceptor steered { 13 }" in lines
+    # No rule is ever added or deleted.
+    assert not [ln for ln in lines if re.match(r"(add|insert|delete) rule", ln)]
+    # tap2 left shard 0, so that shard is re-created with tap1 and tap3.
+    assert shards == [{"tap1", "tap3"}]
+    assert "delete chain netdev interceptor tap_ingress_0" in lines
+
+
+def test_unchanged_state_is_an_empty_batch() -> None:
+    taps = {"tap1": tap("tap1", 11)}
+    text, shards = batch(taps, taps, [{"tap1"}])
+    assert text == "" and shards == [{"tap1"}]
+
+
+def test_new_taps_join_a_shard_without_recreating_it() -> None:
+    old = {f"tap{i}": tap(f"tap{i}", i + 2) for i in range(SHARD_SIZE - 1)}
+    new = dict(old, tapx=tap("tapx", 900), tapy=tap("tapy", 901))
+    text, shards = batch(old, new, [set(old)])
+    assert "delete chain" not in text
+    assert 'add chain netdev interceptor tap_ingress_0 { type filter hook ingress devices = ' \
+           '{ "tapx" } priority -300; }' in text
+    assert "chain tap_ingress_1 {" in text and '"tapy"' in text  # a new shard
+    assert shards == [set(old) | {"tapx"}, {"tapy"}]
+
+
+def test_recreated_tap_rehooks_its_shard_and_moves_elements() -> None:
+    old = {"tap1": tap("tap1", 11), "tap2": tap("tap2", 12)}
+    new = {"tap1": tap("tap1", 40), "tap2": tap("tap2", 12)}
+    text, shards = batch(old, new, [{"tap1", "tap2"}])
+    assert "delete element inet interceptor vm_mark { 11 : 0x4d00000b }" in text
+    assert "add element inet interceptor vm_mark { 40 : 0x4d000028 }" in text
+    assert "delete chain netdev interceptor tap_ingress_0" in text
+    assert shards == [{"tap1", "tap2"}]
+
+
+def test_full_sync_flushes_and_rewrites_all_elements(monkeypatch: pytest.MonkeyPatch) -> None:
+    dp = NftDatapath()
+    monkeypatch.setattr(dp, "_existing_shards", lambda: ["tap_ingress_0", "tap_ingress_4"])
+    taps = {f"tap{i}": tap(f"tap{i}", i + 2, steer=i % 2 == 0) for i in range(450)}
+    text, shards = dp._sync_batch(taps, _Applied(), full=True)
+    assert "flush set inet interceptor managed" in text
+    assert "flush map inet interceptor vm_mark" in text
+    assert "delete chain netdev interceptor tap_ingress_4" in text
+    assert [len(s) for s in shards] == [200, 200, 50]
+    assert text.count("delete chain netdev interceptor tap_ingress_") == 2
+    assert text.count("chain tap_ingress_") == 3  # re-created shards
+
+
+def test_zone_is_sixteen_bits_and_never_zero() -> None:
+    assert zone_for(1) == 1
+    assert zone_for(65535) == 65535
+    assert zone_for(65536) == 1
+    assert all(0 < zone_for(i) <= 0xFFFF for i in (1, 2, 70000, (1 << 24) - 1))
+
+
+def test_bad_tap_entry_is_refused() -> None:
+    dp = NftDatapath()
+    dp._applied = _Applied()
+    with pytest.raises(DatapathError, match="bad tap entry"):
+        dp.sync({"tap1": tap("tap2", 3)})
