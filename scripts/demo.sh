@@ -27,7 +27,7 @@ cleanup() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null; done
   ip netns exec "$node_ns" "$bin" node --cleanup --datapath "$datapath" \
-    --bpf-pin-dir "/sys/fs/bpf/interceptor-demo-$id" >/dev/null 2>&1
+    --bpf-instance "demo-$id" >/dev/null 2>&1
   ip netns del "$guest_ns" 2>/dev/null
   ip netns del "$node_ns" 2>/dev/null
   rm -rf "$work"
@@ -61,7 +61,7 @@ signing_key = "$signing_key"
 datapath = "$datapath"
 tap_patterns = ["tapdemo*"]
 operator_port = 9100
-bpf_pin_dir = "/sys/fs/bpf/interceptor-demo-$id"
+bpf_instance = "demo-$id"
 EOF
 chmod 600 "$work"/*.toml
 
@@ -121,6 +121,6 @@ guest_get /latest/user-data
 guest_get /openstack/latest/meta_data.json
 
 step "node metrics (operator listener, unreachable from guests)"
-in_node curl -fs http://127.0.0.1:9100/metrics | grep -E '^interceptor_node_(requests_total|cache_)' | head -n 8
+in_node curl -fs http://127.0.0.1:9100/metrics | grep -E '^interceptor_node_(requests_total|cache_(hits|misses)_total)'
 
 step "done: stopping and removing everything"

@@ -24,7 +24,9 @@ from interceptor.backend.documents import VendorSource
 from interceptor.backend.metrics import BackendMetrics
 from interceptor.backend.middleware import make_middleware
 from interceptor.backend.openapi import add_routes as add_openapi
+from interceptor.backend.ratelimit import RateLimiter
 from interceptor.backend.store import open_store
+from interceptor.backend.store.timed import timed_store
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +59,15 @@ def create_app(cfg: BackendConfig, *, metrics: BackendMetrics | None = None,
     app[CONFIG] = cfg
 
     async def backend_ctx(app: web.Application) -> AsyncIterator[None]:
-        store = open_store(cfg.database)
+        store = timed_store(open_store(cfg.database), metrics.store_latency)
         await store.open()
         try:
             ctx = Backend(store=store,
                           auth=Authenticator(admin_token=cfg.admin_token,
                                              node_tokens=cfg.node_tokens, store=store),
                           notifier=ChangeNotifier(), limits=cfg.limits(), metrics=metrics,
-                          signing_key=cfg.signing_key.encode() if cfg.signing_key else None)
+                          signing_key=cfg.signing_key.encode() if cfg.signing_key else None,
+                          guest_writes=RateLimiter(cfg.guest_write_rate, cfg.guest_write_burst))
             ctx.notifier.revision = ctx.vendor_seen = await store.revision()
             await store.subscribe(ctx.on_remote_commit)
             app[BACKEND] = ctx

@@ -73,6 +73,10 @@ class BackendConfig:
     max_user_data_bytes: int = field(default=MAX_USER_DATA_BYTES, metadata={"help": "bytes"})
     max_files_bytes: int = field(default=MAX_FILES_BYTES, metadata={"help": "bytes"})
     max_document_bytes: int = field(default=MAX_DOCUMENT_BYTES, metadata={"help": "bytes"})
+    guest_write_rate: float = field(default=2.0, metadata={
+        "help": "guest writes per second per instance (0 = unlimited)"})
+    guest_write_burst: int = field(default=20, metadata={
+        "help": "guest writes an instance may make at once"})
     shutdown_timeout: float = field(default=10.0, metadata={
         "help": "seconds in-flight requests get after SIGTERM"})
     log_format: str = field(default="text", metadata={"help": "text or json"})
@@ -95,7 +99,7 @@ class BackendConfig:
         if not self.database:
             raise ConfigError("config: database must be set")
         for name in ("vendordata_connect_timeout", "vendordata_read_timeout",
-                     "vendordata_ttl", "shutdown_timeout"):
+                     "vendordata_ttl", "shutdown_timeout", "guest_write_rate"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"config: {name} must be ≥ 0")
         if min(self.max_request_bytes, self.max_value_bytes, self.max_object_metadata_bytes,

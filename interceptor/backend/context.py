@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +16,7 @@ from interceptor.backend.changes import ChangeNotifier
 from interceptor.backend.documents import VendorSource
 from interceptor.backend.limits import Limits
 from interceptor.backend.metrics import BackendMetrics
+from interceptor.backend.ratelimit import RateLimiter
 from interceptor.backend.store.base import Change, Delete, Put, Store
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ class Backend:
     metrics: BackendMetrics
     signing_key: bytes | None
     vendor: VendorSource | None = None
+    guest_writes: RateLimiter = field(default_factory=lambda: RateLimiter(0, 1))
     vendor_seen: int = 0
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = field(
@@ -47,11 +48,7 @@ class Backend:
 
     async def commit(self, ops: list[Put | Delete], change: Change) -> int:
         """Commit, then wake this process's watchers and drop stale vendor data."""
-        start = time.monotonic()
-        try:
-            revision = await self.store.commit(ops, change)
-        finally:
-            self.metrics.store_latency.labels("commit").observe(time.monotonic() - start)
+        revision = await self.store.commit(ops, change)
         if self.vendor is not None:
             for iid in change.instances:
                 self.vendor.invalidate(iid)

@@ -39,3 +39,11 @@ class PreconditionFailed(ApiError):
 
 class TooLarge(ApiError):
     status = 413
+
+
+class TooManyRequests(ApiError):
+    status = 429
+
+    def __init__(self, reason: str, retry_after: float) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 import secrets
 import time
@@ -35,6 +36,9 @@ def make_middleware(metrics: BackendMetrics) -> Middleware:
             response: web.StreamResponse = await handler(request)
         except ApiError as exc:
             response = reply({"error": exc.reason}, status=exc.status)
+            retry_after = getattr(exc, "retry_after", None)
+            if retry_after is not None:
+                response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise

@@ -213,6 +213,9 @@ def _operation(method: str, path: str, summary: str, request: str | None, status
     if method in ("put", "patch", "post"):
         responses["409"] = _ERR
         responses["413"] = _ERR
+    if path.startswith("/v1/nodes") and method != "get":
+        responses["429"] = {"description": "Too many guest writes (Retry-After)",
+                            "content": {JSON: {"schema": _ref("Error")}}}
     if path.endswith("/document") and path.startswith("/v1/nodes"):
         responses["304"] = {"description": "Not modified (If-None-Match)"}
     return op | {"responses": responses}

@@ -19,6 +19,7 @@ from interceptor.backend.errors import (
     Forbidden,
     NotFound,
     TooLarge,
+    TooManyRequests,
     Unauthorized,
 )
 from interceptor.backend.httputil import etag, read_body, reply
@@ -48,6 +49,12 @@ async def _node(request: web.Request, instance: str = "") -> tuple[Backend, str]
     if signed is None or signed != (node, instance):
         raise Unauthorized("missing, invalid or stale request signature")
     return ctx, node
+
+
+def _write_allowed(ctx: Backend, iid: str) -> None:
+    wait = ctx.guest_writes.allow(iid)
+    if wait > 0:
+        raise TooManyRequests(f"too many guest writes for instance {iid}", wait)
 
 
 async def _bound(ctx: Backend, node: str, iid: str) -> base.Record:
@@ -114,6 +121,7 @@ async def set_password(request: web.Request) -> web.Response:
     iid = request.match_info["iid"]
     ctx, node = await _node(request, iid)
     await _bound(ctx, node, iid)
+    _write_allowed(ctx, iid)
     raw = await read_body(request, MAX_PASSWORD_BYTES)
     try:
         password = raw.decode()
@@ -135,6 +143,7 @@ async def delete_meta_key(request: web.Request) -> web.Response:
     if cls not in ("public", "restricted"):
         raise BadRequest("a guest may delete public or restricted keys only")
     await _bound(ctx, node, iid)
+    _write_allowed(ctx, iid)
 
     def mutate(r: base.Record) -> tuple[list[base.Put | base.Delete], base.Change]:
         values = dict(r.data["meta"].get(cls, {}))
@@ -154,6 +163,7 @@ async def guest_data(request: web.Request) -> web.Response:
     server = await _bound(ctx, node, iid)
     if not server.data["spec"]["guest_writes"]:
         raise Forbidden("this server does not allow guest writes")
+    _write_allowed(ctx, iid)
     if not key or len(key) > MAX_KEY_CHARS:
         raise BadRequest(f"guest-data key must be 1-{MAX_KEY_CHARS} characters")
     value: str | None = None

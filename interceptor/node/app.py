@@ -41,9 +41,8 @@ def make_datapath(config: NodeConfig) -> Datapath:
         from interceptor.node.datapath.ebpf import EbpfConfig, EbpfDatapath
 
         return EbpfDatapath(EbpfConfig(
-            pin_dir=config.bpf_pin_dir, route_table=config.route_table,
-            rule_pref=config.rule_priority, address=config.metadata_address,
-            port=config.metadata_port))
+            instance=config.bpf_instance, route_table=config.route_table,
+            rule_pref=config.rule_priority, arp_when_refused=True))
     return _nft(config)
 
 
@@ -54,7 +53,9 @@ def _nft(config: NodeConfig) -> Datapath:
         table=config.nft_table, route_table=config.route_table,
         rule_pref=config.rule_priority, metadata_address=config.metadata_address,
         metadata_port=config.metadata_port, listen_port=config.metadata_port,
-        patterns=tuple(config.tap_patterns)))
+        patterns=tuple(config.tap_patterns),
+        input_allow_udp=tuple(int(p) for p in config.host_allow_udp),
+        input_allow_tcp=tuple(int(p) for p in config.host_allow_tcp)))
 
 
 def all_datapaths(config: NodeConfig) -> list[Datapath]:

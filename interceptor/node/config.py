@@ -30,13 +30,17 @@ class NodeConfig:
     token_secret: str | None = opt(
         None, "secret for EC2 session tokens (random per start when unset)")
     token_hop_limit: int = opt(1, "IP TTL of EC2 token responses")
+    host_allow_udp: list[str] = opt(
+        [], "UDP ports guests may reach on this host (e.g. 67 when it runs their DHCP)")
+    host_allow_tcp: list[str] = opt([], "TCP ports guests may reach on this host")
     rate_limit: float = opt(200.0, "requests per second per VM before 429")
     rate_burst: int = opt(400, "burst of the per-VM request rate limit")
     reconcile_interval: float = opt(30.0, "seconds between full reconciles")
     route_table: int = opt(4711, "policy routing table for marked packets")
     rule_priority: int = opt(10000, "first of the ip rule priorities the daemon uses")
     nft_table: str = opt("interceptor", "nftables table name (inet/netdev)")
-    bpf_pin_dir: str = opt("/sys/fs/bpf/interceptor", "where BPF maps are pinned")
+    bpf_instance: str = opt(
+        "default", "eBPF: pins live in /sys/fs/bpf/interceptor/<bpf_instance>/")
     shutdown_grace: float = opt(5.0, "seconds in-flight requests get on SIGTERM")
     keep_datapath_on_exit: bool = opt(
         False, "leave the datapath in the kernel on exit (guests then wait for restart)")
@@ -60,6 +64,10 @@ class NodeConfig:
                 raise ConfigError(f"config: {name} must not be empty")
         if not 0 < self.metadata_port < 65536:
             raise ConfigError("config: metadata_port must be 1..65535")
+        for name in ("host_allow_udp", "host_allow_tcp"):
+            for port in getattr(self, name):
+                if not port.isdigit() or not 0 < int(port) < 65536:
+                    raise ConfigError(f"config: {name}: {port!r} is not a port number")
         if self.cache_ttl <= 0 or self.stale_if_error < 0:
             raise ConfigError("config: cache_ttl must be > 0 and stale_if_error >= 0")
 

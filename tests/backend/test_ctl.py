@@ -26,8 +26,9 @@ async def _ctl(api: Api, capsys: pytest.CaptureFixture[str], *args: str,
 @pytest.mark.parametrize("store_kind", ["sqlite"], indirect=True)
 async def test_ctl_commands(api: Api, capsys: pytest.CaptureFixture[str],
                             tmp_path: Path) -> None:
-    code, out, _ = await _ctl(api, capsys, "customer", "create", "--id", "c1", "--name", "One")
-    assert code == 0 and out["id"] == "c1"
+    code, out, err = await _ctl(api, capsys, "customer", "create", "--id", "c1",
+                                "--name", "One")
+    assert code == 0 and out["id"] == "c1", err
     code, out, _ = await _ctl(api, capsys, "customer", "token", "c1")
     owner = out["token"]
     code, out, _ = await _ctl(api, capsys, "image", "create", "--id", "img1",

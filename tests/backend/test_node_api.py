@@ -105,3 +105,19 @@ async def test_request_id_echoed(api: Api) -> None:
     await _scene(api)
     r = await api.node("GET", "node-a", "/bindings", headers={"X-Request-Id": "req-123"})
     assert r.headers.get("X-Request-Id") == "req-123", r.headers
+
+
+async def test_keys_with_reserved_characters(api: Api) -> None:
+    from urllib.parse import quote
+    tok = await _scene(api)
+    key = "a/b c?ü"
+    await api.call("PATCH", "/v1/servers/s1", tok, json_body={"guest_writes": True})
+    await api.call("PATCH", "/v1/servers/s1/metadata/public", tok, json_body={key: "v"})
+    r = await api.node("PUT", "node-a", f"/instances/s1/guest-data/{quote(key, safe='')}",
+                       "s1", data="x")
+    assert r.status == 204, r.body
+    assert (await api.call("GET", "/v1/servers/s1/guest-data", tok)).body == {key: "x"}
+    r = await api.node("DELETE", "node-a", f"/instances/s1/meta/public/{quote(key, safe='')}",
+                       "s1")
+    assert r.status == 204, r.body
+    assert (await api.call("GET", "/v1/servers/s1/metadata/public", tok)).body == {}

@@ -61,7 +61,8 @@ async def test_health_ready_and_metrics(pair: tuple[Api, str]) -> None:
     assert samples[key404] == 1
     assert samples[("interceptor_backend_documents_served_total",
                     (("result", "served"),))] == 3
-    assert any(name == "interceptor_backend_store_seconds_count" for name, _ in samples)
+    for op in ("commit", "get", "revision"):
+        assert samples[("interceptor_backend_store_seconds_count", (("op", op),))] >= 1, op
     assert ("interceptor_backend_watchers", ()) in samples
     # Raw paths never become labels (bounded label sets).
     assert not any("s1" in dict(labels).get("route", "") for _, labels in samples)

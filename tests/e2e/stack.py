@@ -62,7 +62,8 @@ class ProductStack:
         self.node_token = secrets.token_hex(16)
         self.other_node_token = secrets.token_hex(16)
         self.signing_key = secrets.token_hex(16)
-        self.pin_dir = f"/sys/fs/bpf/interceptor-test-{topo.prefix}"
+        self.bpf_instance = f"test-{topo.prefix}"
+        self.pin_dir = f"/sys/fs/bpf/interceptor/{self.bpf_instance}"
         self.backend_options = {
             "listen_host": "127.0.0.1", "listen_port": BACKEND_PORT,
             "operator_port": BACKEND_OPERATOR_PORT,
@@ -73,7 +74,7 @@ class ProductStack:
             "node_name": node_name, "backend_url": f"http://127.0.0.1:{BACKEND_PORT}",
             "node_token": self.node_token, "signing_key": self.signing_key,
             "datapath": datapath, "tap_patterns": ["mdtap*", "tap*"],
-            "operator_port": NODE_OPERATOR_PORT, "bpf_pin_dir": self.pin_dir,
+            "operator_port": NODE_OPERATOR_PORT, "bpf_instance": self.bpf_instance,
             "reconcile_interval": 5.0, **(node_options or {})}
         self.backend: subprocess.Popen[bytes] | None = None
         self.node: subprocess.Popen[bytes] | None = None
@@ -138,7 +139,7 @@ class ProductStack:
             self.stop_backend()
         # Whatever a failed test left: the daemon's own cleanup command.
         sh([PYTHON, "-m", "interceptor", "node", "--cleanup", "--datapath", self.datapath,
-            "--bpf-pin-dir", self.pin_dir], netns=self.netns, check=False, timeout=60)
+            "--bpf-instance", self.bpf_instance], netns=self.netns, check=False, timeout=60)
         for path in self.work.iterdir():
             path.unlink()
         self.work.rmdir()

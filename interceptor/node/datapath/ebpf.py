@@ -271,7 +271,7 @@ class EbpfDatapath:
         except OSError as exc:
             raise DatapathError(
                 f"ebpf: cannot read the program source {source}: {exc.strerror} "
-                "(set bpf_source)") from None
+                f"(set bpf_source), or {FALLBACK_HINT}") from None
         cflags = [f'-DPIN_DIR="{self.cfg.pin_dir}"', f"-DMARK_TAG={MARK_TAG:#x}u",
                   f"-DMARK_MASK={MARK_MASK:#x}u"]
         try:
@@ -449,15 +449,35 @@ def _sizeof(ctype: Any) -> int:
     return ctypes.sizeof(ctype)
 
 
+BPF_FS_MAGIC = 0xCAFE4A11
+
+
+def _is_bpffs(path: Path) -> bool:
+    buf = ctypes.create_string_buffer(256)  # struct statfs; f_type comes first
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.statfs(os.fsencode(path), buf) != 0:
+        return False
+    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF == BPF_FS_MAGIC
+
+
 def _ensure_bpffs(root: Path) -> None:
-    """Mount bpffs at ``root`` unless it is one already."""
-    try:
-        mounts = Path("/proc/self/mounts").read_text()
-    except OSError:
-        mounts = ""
-    if any(line.split()[1:3] == [str(root), "bpf"] for line in mounts.splitlines()
-           if len(line.split()) > 2):
+    """Mount bpffs at ``root`` unless it is one already.
+
+    In a private mount namespace (``ip netns exec`` makes one, with its own
+    /sys) a bpffs mounted here is a new, empty instance that dies with the
+    process, so nothing pinned would survive a restart: point ``bpffs`` at the
+    host's instance instead (``/proc/<pid in the host mount namespace>/root/
+    sys/fs/bpf``)."""
+    if _is_bpffs(root):
         return
+    try:
+        private = os.readlink("/proc/self/ns/mnt") != os.readlink("/proc/1/ns/mnt")
+    except OSError:
+        private = False
+    if private:
+        log.warning("ebpf: %s is no bpffs in this private mount namespace; mounting one "
+                    "here, but pins will not outlive this process (set bpffs to the "
+                    "host's, e.g. /proc/<pid>/root/sys/fs/bpf)", root)
     proc = subprocess.run(["mount", "-t", "bpf", "bpf", str(root)], capture_output=True,
                           text=True, check=False)
     if proc.returncode != 0:

@@ -65,6 +65,7 @@ import subprocess
 from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 from interceptor.common.errors import DatapathError
 from interceptor.node.datapath.base import (
@@ -91,7 +92,7 @@ INGRESS_CHAIN = "tap_ingress"  # shards are named tap_ingress_0, tap_ingress_1, 
 SHARD_SIZE = 200
 
 # Counter sets: name -> (family, TapCounters field or extra key).
-COUNTER_SETS: dict[str, tuple[str, str]] = {
+COUNTER_SETS: Mapping[str, tuple[str, str]] = MappingProxyType({
     "cnt_arp_reply": ("netdev", "arp_replies"),
     "cnt_refused": ("netdev", "refused_packets"),
     "cnt_steered": ("inet", "steered_packets"),
@@ -99,7 +100,7 @@ COUNTER_SETS: dict[str, tuple[str, str]] = {
     "cnt_conn_limited": ("inet", "conn_limited"),
     "cnt_unsteered_drop": ("inet", "unsteered_dropped"),
     "cnt_input_drop": ("inet", "host_input_dropped"),
-}
+})
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
 _PATTERN = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}\*?$")

@@ -214,14 +214,15 @@ async def test_wait_change_returns_at_once_when_already_changed(source: FakeSour
 
 async def test_memo_budget_and_idle_eviction(source: FakeSource, clock: FakeClock) -> None:
     cache = DocumentCache(source, clock=clock, memo_bytes=100, memo_entries=3,
-                          idle_evict=120)
+                          memo_entry_bytes=70, idle_evict=120)
     doc = await cache.get(IID)
+    doc.memo_put("big", 0, 71)  # over the per-entry bound: not kept
     doc.memo_put("a", 1, 60)
     doc.memo_put("b", 2, 60)  # over the byte budget: not kept
     doc.memo_put("c", 3, 10)
     doc.memo_put("d", 4, 10)
     doc.memo_put("e", 5, 1)  # over the entry budget
-    assert [doc.memo_get(k) for k in "abcde"] == [1, None, 3, 4, None]
+    assert [doc.memo_get(k) for k in ("big", *"abcde")] == [None, 1, None, 3, 4, None]
     assert cache.memo_bytes() == 80
     other = load_doc(instance_id="i-other")
     source.put(other)

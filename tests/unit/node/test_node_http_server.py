@@ -389,3 +389,77 @@ async def test_ip_ttl_for_one_response_then_restored(served: Served) -> None:
         await asyncio.sleep(0.01)
     assert _server_socket_ttl(served.server) == default
     c.close()
+
+
+async def test_peer_not_reading_pauses_processing() -> None:
+    big = b"x" * (1 << 20)
+
+    def handler(identity: TapIdentity, req: Request) -> HandlerResult:
+        seen.append(req.path)
+        return Response(200, big)
+
+    seen: list[str] = []
+    server = GuestHttpServer(handler)
+    sock = listening_socket()
+    await server.add_listener(sock, TAP)
+    try:
+        c = await Client.connect(sock.getsockname()[1])
+        await c.send(b"".join(b"GET /%d HTTP/1.1\r\n\r\n" % i for i in range(10)))
+        for _ in range(20):
+            await asyncio.sleep(0.02)
+        # Socket buffers hold a few MiB at most: the server stopped answering.
+        assert 1 <= len(seen) < 10
+        for _ in range(10):
+            r = await c.reply()
+            assert r.status == 200 and len(r.body) == len(big)
+        assert len(seen) == 10
+        c.close()
+    finally:
+        await server.close()
+
+
+def _sniff_ttls(sniffer: socket.socket, port: int, marker: bytes, deadline: float
+                ) -> list[int]:
+    """IP TTLs of TCP segments from 127.0.0.1:port on lo whose payload has ``marker``."""
+    import select
+    import time
+    ttls: list[int] = []
+    while time.monotonic() < deadline and not ttls:
+        ready, _, _ = select.select([sniffer], [], [], 0.1)
+        if not ready:
+            continue
+        frame = sniffer.recv(65535)
+        ip = frame[14:]
+        if len(ip) < 40 or ip[9] != socket.IPPROTO_TCP:
+            continue
+        ihl = (ip[0] & 0x0F) * 4
+        sport = int.from_bytes(ip[ihl:ihl + 2], "big")
+        if sport == port and marker in ip[ihl:]:
+            ttls.append(ip[8])
+    return ttls
+
+
+@pytest.mark.root
+async def test_token_segment_leaves_with_ttl_1_on_the_wire(served: Served) -> None:
+    import time
+    eth_p_all = 0x0003
+    sniffer = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(eth_p_all))
+    try:
+        sniffer.bind(("lo", 0))
+        sniffer.setblocking(False)
+        c = await Client.connect(served.port)
+        await c.send(b"PUT /ttl HTTP/1.1\r\n\r\n")
+        assert (await c.reply()).body == b"token"
+        loop = asyncio.get_running_loop()
+        ttls = await loop.run_in_executor(None, _sniff_ttls, sniffer, served.port, b"token",
+                                          time.monotonic() + IO_TIMEOUT)
+        assert ttls and set(ttls) == {1}
+        # A later ordinary response leaves with the default TTL again.
+        await c.send(b"GET /plain-marker HTTP/1.1\r\n\r\n")
+        await c.reply()
+        ttls = await loop.run_in_executor(None, _sniff_ttls, sniffer, served.port,
+                                          b"plain-marker", time.monotonic() + IO_TIMEOUT)
+        assert ttls and ttls[0] > 1
+        c.close()
+    finally:
+        sniffer.close()

@@ -1,0 +1,43 @@
+"""A real virtual machine (QEMU, Debian kernel, busybox initramfs) on a real
+tap device reads its own metadata through the node daemon — both datapaths."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.e2e.netns import Topology
+from tests.e2e.stack import ProductStack, product
+from tests.guest import boot_guest, random_mac, tap_device
+
+pytestmark = [pytest.mark.root, pytest.mark.e2e, pytest.mark.qemu, pytest.mark.slow]
+
+
+@pytest.fixture(params=["nft", "ebpf"])
+def stack(request: pytest.FixtureRequest, topology: Topology) -> Iterator[ProductStack]:
+    with product(topology, datapath=request.param) as s:
+        yield s
+
+
+@pytest.mark.parametrize("route", ["onlink", "default"])
+def test_qemu_guest_prints_its_instance_id(stack: ProductStack, route: str) -> None:
+    with tap_device(stack.netns, name=f"tap{stack.topo.prefix}") as tap:
+        stack.create_instance("i-qemu-0001", hostname="qemu-vm", ifname=tap,
+                              keys={"ops": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIQemu ops@x"})
+        args: dict[str, object] = {"ip": "10.77.0.2/24", "route": "onlink",
+                                   "paths": ["/latest/meta-data/instance-id",
+                                             "/latest/meta-data/hostname",
+                                             "/latest/meta-data/public-keys/0/openssh-key"]}
+        if route == "default":
+            # The routed tap's host side carries the guest's gateway address.
+            from tests.e2e.netns import sh
+
+            sh(["ip", "addr", "add", "10.77.0.1/32", "dev", tap], netns=stack.netns)
+            args.update(route="default", gw="10.77.0.1")
+        result = boot_guest(stack.netns, tap, random_mac(), args, timeout=120)  # type: ignore[arg-type]
+        assert result.completed, result.tail()
+        assert result.body("/latest/meta-data/instance-id") == b"i-qemu-0001", result.tail()
+        assert result.body("/latest/meta-data/hostname") == b"qemu-vm"
+        assert result.body("/latest/meta-data/public-keys/0/openssh-key").startswith(
+            b"ssh-ed25519 ")
