@@ -1,27 +1,28 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * tc clsact ingress program for guest taps: the eBPF datapath of the
- * interceptor node daemon. Compiled at run time by BCC
- * (interceptor/node/datapath/ebpf.py), attached to every managed tap.
+ * tc clsact ingress programs of the interceptor node daemon's eBPF datapath.
+ * Compiled at run time by BCC (interceptor/node/datapath/ebpf.py).
  *
- * Per frame coming from a guest:
+ * `tap_ingress` runs on every managed tap, per frame coming from a guest:
  *   ARP request for 169.254.169.254   enabled tap -> rewritten into a reply
  *                                     and sent back out of the same tap;
  *                                     otherwise dropped (fail closed).
  *   TCP to 169.254.169.254:80         enabled tap -> handed to the tap's own
- *                                     socket (bpf_sk_assign) with the tap's
- *                                     mark; otherwise answered with a RST
- *                                     forged here, so the guest fails in
- *                                     milliseconds.
+ *                                     listener (bpf_sk_assign) with the tap's
+ *                                     mark, or dropped if there is none (the
+ *                                     guest's SYN retransmit recovers once the
+ *                                     daemon is back); refused tap -> answered
+ *                                     with a RST forged here and sent straight
+ *                                     back out, so the guest fails at once.
  *   anything else to 169.254.169.254  dropped (other ports, UDP, ICMP,
- *                                     fragments, malformed headers).
+ *                                     fragments, malformed headers, VLAN).
  *   everything else                   TC_ACT_OK, untouched.
  *
- * Only UAPI headers are used: BCC compiles against generic distribution
- * headers that may be older than the running kernel.
+ * `bridge_ingress` runs on a bridge that has enabled taps: see below.
  *
- * Everything is read with bpf_skb_load_bytes so that non-linear skbs are
- * handled without pulling data for ordinary guest traffic.
+ * Only UAPI headers are used: BCC compiles against generic distribution
+ * headers that may be older than the running kernel. Everything is read with
+ * bpf_skb_load_bytes, so non-linear skbs need no pulling for ordinary traffic.
  *
  * Compile-time parameters (BCC cflags):
  *   PIN_DIR    string literal, bpffs directory holding the pinned maps.
@@ -58,7 +59,7 @@ struct steer_target {
     __u16 pad;
 };
 
-/* Value of `stats`, per CPU. Keep the order in sync with ebpf_maps.py. */
+/* Value of `stats`, per CPU (ebpf.py reads the fields by name). */
 struct tap_stats {
     __u64 steered;      /* TCP segments handed to the tap's socket */
     __u64 refused;      /* TCP to :80 refused (RST sent or dropped) */

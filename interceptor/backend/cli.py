@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import logging
+import secrets
 import signal
 import sys
 from typing import Any
@@ -91,7 +92,7 @@ async def _create_customer(cfg: BackendConfig, args: argparse.Namespace) -> dict
     await store.open()
     try:
         cid = model.check_id(args.customer_id, "--id") if args.customer_id else \
-            f"c-{new_token()[:12].lower().replace('_', 'x').replace('-', 'y')}"
+            f"c-{secrets.token_hex(6)}"
         data = {"name": args.customer_name or cid, "meta": model.empty_classes()}
         try:
             await store.commit([base.Put("customer", cid, data, expect=0)],
@@ -135,7 +136,7 @@ def main(argv: list[str]) -> int:
     try:
         cfg = configlib.load(BackendConfig, section="backend", path=args.config,
                              flags=vars(args))
-        from interceptor.backend.logsetup import setup_logging
+        from interceptor.common.logsetup import setup_logging
         setup_logging(cfg.log_format, cfg.log_level)
         if args.command == "serve":
             asyncio.run(_serve(cfg))

@@ -25,7 +25,9 @@ MAX_USER_DATA_BYTES = 256 * KIB
 MAX_FILES_BYTES = 256 * KIB
 """All injected files of a server together (decoded)."""
 MAX_DOCUMENT_BYTES = 1536 * KIB
-"""Everything one instance document is built from (server, runtime, customer, image)."""
+"""One server's own record (specification with user-data and files, and its
+metadata). With its customer's, image's and runtime's metadata (each at most
+MAX_OBJECT_METADATA_BYTES) a whole instance document stays under ~2.3 MiB."""
 MAX_PASSWORD_BYTES = 1020
 """The guest-set password (OpenStack's limit)."""
 MAX_GUEST_VALUE_BYTES = 16 * KIB

@@ -18,6 +18,8 @@ from interceptor.backend.metrics import BackendMetrics
 log = logging.getLogger("interceptor.backend.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 REQUEST_ID_HEADER = "X-Request-Id"
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+"""Metric label values for methods (anything else is "other": bounded labels)."""
 
 
 def route_of(request: web.Request) -> str:
@@ -54,7 +56,8 @@ def make_middleware(metrics: BackendMetrics) -> Middleware:
         response.headers[REQUEST_ID_HEADER] = request_id
         elapsed = time.monotonic() - start
         route = route_of(request)
-        metrics.requests.labels(route, request.method, str(response.status)).inc()
+        method = request.method if request.method in _METHODS else "other"
+        metrics.requests.labels(route, method, str(response.status)).inc()
         metrics.latency.labels(route).observe(elapsed)
         log.info("%s %s %d %.1fms id=%s", request.method, route, response.status,
                  elapsed * 1000, request_id,

@@ -6,6 +6,8 @@ otherwise), like Kubernetes' NodeRestriction.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from aiohttp import web
@@ -22,7 +24,7 @@ from interceptor.backend.errors import (
     TooManyRequests,
     Unauthorized,
 )
-from interceptor.backend.httputil import etag, read_body, reply
+from interceptor.backend.httputil import read_body, reply
 from interceptor.backend.limits import (
     MAX_GUEST_DATA_BYTES,
     MAX_GUEST_VALUE_BYTES,
@@ -84,16 +86,22 @@ async def document(request: web.Request) -> web.Response:
     src = await documents.load_sources(ctx.store, iid)
     if src is None:
         raise NotFound(f"instance {iid} not found")
-    tag = etag(src.revision)
-    if request.headers.get("If-None-Match", "").strip() == tag:
-        ctx.metrics.documents.labels("not_modified").inc()
-        return web.Response(status=304, headers={"ETag": tag})
     vendor: Any = {"static": {}, "dynamic": {}}
     if ctx.vendor is not None:
         vendor = await ctx.vendor.get(documents.vendor_request(src))
+    # Dynamic vendor data can change when its cache expires without any
+    # revision moving, so the ETag covers it too; otherwise nodes revalidating
+    # with If-None-Match would keep stale vendor data forever.
+    digest = hashlib.sha256(json.dumps(vendor, sort_keys=True).encode()).hexdigest()[:16]
+    tag = f'"{src.revision}-{digest}"'
+    if request.headers.get("If-None-Match", "").strip() == tag:
+        ctx.metrics.documents.labels("not_modified").inc()
+        return web.Response(status=304, headers={"ETag": tag})
     doc = documents.assemble(src, vendor, node)
     ctx.metrics.documents.labels("served").inc()
-    return reply(doc, revision=doc["revision"])
+    resp = reply(doc)
+    resp.headers["ETag"] = tag
+    return resp
 
 
 async def watch(request: web.Request) -> web.Response:

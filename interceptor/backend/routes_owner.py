@@ -266,6 +266,8 @@ async def put_server(request: web.Request) -> web.Response:
         wanted = 0
     if existing is None and wanted not in (None, 0):
         raise NotFound(f"server {sid} not found")
+    if existing is None and request.headers.get("If-Match", "").strip() == "*":
+        raise PreconditionFailed(f"server {sid} does not exist (If-Match: *)")
     if existing is None:
         meta = model.empty_classes()
         _size_check(ctx, spec, meta)
@@ -437,6 +439,8 @@ async def write_metadata(request: web.Request) -> web.Response:
             model.check_system(kind, new)
         meta = {**r.data["meta"], cls: new}
         model.check_object_meta(meta, ctx.limits)
+        if kind == "server":
+            _size_check(ctx, r.data["spec"], meta)
         return [put_of(r, {**r.data, "meta": meta})], base.Change(change_instances, kind=kind)
 
     rev = await update(ctx, kind, oid, if_match(request), check, mutate)

@@ -24,7 +24,7 @@ fake in tests) and adds:
   documents not used for ``idle_evict`` seconds are dropped. Measured: 1000
   VMs with a typical document and ~40 paths each ≈ 40 MiB over the
   baseline; with the largest test document (180 KB of JSON) the documents
-  themselves dominate (~1000 × 0.2 MB).
+  themselves dominate (~1000 x 0.2 MB).
 
 ``peek`` is the synchronous fast path (fresh document or None); ``get`` is
 the full path. The clock is injectable (monotonic seconds).

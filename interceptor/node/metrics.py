@@ -138,15 +138,20 @@ class NodeMetrics:
         self.cache_hits += 1
 
     def _collect_hot(self) -> list[Metric]:
+        # Scrapes may run in a worker thread: take C-level (GIL-atomic) copies
+        # before iterating, as the event loop keeps adding keys.
+        request_counts = dict(self._requests)
+        latency_counts = {k: list(v) for k, v in dict(self._latency).items()}
+        vm_counts = dict(self._vm_requests)
         p = "interceptor_node_"
         requests = CounterMetricFamily(p + "requests", "Guest HTTP requests answered",
                                        labels=["surface", "status"])
-        for (surface, status), count in sorted(self._requests.items()):
+        for (surface, status), count in sorted(request_counts.items()):
             requests.add_metric([surface, str(status)], count)
         latency = HistogramMetricFamily(
             p + "request_seconds", "Time to answer a guest request (long-polls excluded)",
             labels=["surface"])
-        for surface, counts in sorted(self._latency.items()):
+        for surface, counts in sorted(latency_counts.items()):
             cumulative, buckets = 0.0, []
             for bound, n in zip((*_LATENCY_BUCKETS, float("inf")), counts, strict=False):
                 cumulative += n
@@ -154,7 +159,7 @@ class NodeMetrics:
             latency.add_metric([surface], buckets, counts[-1])
         vm = CounterMetricFamily(p + "vm_requests", "Guest requests per managed VM",
                                  labels=["instance"])
-        for instance, count in sorted(self._vm_requests.items()):
+        for instance, count in sorted(vm_counts.items()):
             vm.add_metric([instance], count)
         hits = CounterMetricFamily(p + "cache_hits", "Requests served from a fresh cached "
                                    "document", value=self.cache_hits)

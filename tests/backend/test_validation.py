@@ -141,3 +141,28 @@ async def test_delete_rules(api: Api) -> None:
     assert (await api.call("DELETE", "/v1/customers/c1")).status == 204
     # Its tokens went with it.
     assert (await api.call("GET", "/v1/servers", tok)).status == 401
+
+
+@pytest.mark.parametrize("store_kind", ["sqlite"], indirect=True)
+async def test_per_document_limit(database: str) -> None:
+    from aiohttp import ClientSession, test_utils
+
+    from interceptor.backend.app import create_app
+    from tests.backend.support import make_config
+    server = test_utils.TestServer(create_app(make_config(database,
+                                                          max_document_bytes=100_000)))
+    await server.start_server()
+    try:
+        async with ClientSession() as session:
+            api = Api(session, str(server.make_url("")).rstrip("/"))
+            await api.customer("c1")
+            ud = base64.b64encode(b"x" * (64 * 1024)).decode()
+            await api.server("s1", "c1", user_data=[{"name": "u", "data": ud}])
+            r = await api.call("PATCH", "/v1/servers/s1/metadata/public",
+                               json_body={"k": "v" * 20_000})
+            assert r.status == 413 and "document limit" in r.body["error"]
+            r = await api.call("PATCH", "/v1/servers/s1", json_body={
+                "files": [{"path": "/f", "data": ud}]})
+            assert r.status == 413 and "document limit" in r.body["error"]
+    finally:
+        await server.close()

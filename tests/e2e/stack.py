@@ -192,6 +192,70 @@ class ProductStack:
         if ifname is not None:
             self.ctl("server", "bind", iid, "--node", self.node_name, "--ifname", ifname)
 
+    # -- more of the API, for the conformance and live-change tests --------------------
+
+    def ensure_customer(self, customer: str = "cust-e2e") -> None:
+        status, _ = self.api("GET", f"/v1/customers/{customer}")
+        if status == 404:
+            status, body = self.api("POST", "/v1/customers", {"id": customer, "name": customer})
+            assert status == 201, body
+
+    def put_server(self, iid: str, *, hostname: str, ifname: str | None,
+                   customer: str = "cust-e2e", **spec: Any) -> dict[str, Any]:
+        """Create or replace a server in one REST call (``PUT /v1/servers/{id}``);
+        ``spec`` is any of the server fields (user_data parts, network, …)."""
+        self.ensure_customer(customer)
+        body = {"customer_id": customer, "hostname": hostname,
+                "bindings": [{"node": self.node_name, "ifname": ifname}] if ifname else [],
+                **spec}
+        status, payload = self.api("PUT", f"/v1/servers/{iid}", body)
+        assert status in (200, 201), (status, payload)
+        return dict(payload)
+
+    def document(self, iid: str) -> dict[str, Any]:
+        """What the API says the VM sees (``GET /v1/servers/{id}/document``)."""
+        status, payload = self.api("GET", f"/v1/servers/{iid}/document")
+        assert status == 200, (status, payload)
+        return dict(payload)
+
+    def backend_metrics(self) -> str:
+        return sh(["curl", "-fsS", f"http://127.0.0.1:{BACKEND_OPERATOR_PORT}/metrics"],
+                  netns=self.netns).stdout
+
+    def restart_backend(self) -> None:
+        """Stop the backend and start it again on the same database file."""
+        self.stop_backend()
+        self.start_backend()
+
+    def wait_listeners(self, count: int, timeout: float = 20.0) -> None:
+        """Wait until the node has ``count`` per-tap guest listeners (steered taps),
+        without any guest request (which would fill the document cache)."""
+        deadline = time.monotonic() + timeout
+        seen = -1
+        while time.monotonic() < deadline:
+            out = sh(["ss", "-Hltn", "sport", "=", ":80"], netns=self.netns).stdout
+            seen = len([ln for ln in out.splitlines() if "%" in ln])
+            if seen >= count:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"{seen} of {count} tap listeners after {timeout}s\n{self.logs()}")
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` in a Prometheus text exposition whose
+    labels include ``labels`` (0.0 when there are none)."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        head, _, value = line.rpartition(" ")
+        sample, _, rest = head.partition("{")
+        if sample != name:
+            continue
+        if all(f'{k}="{v}"' in rest for k, v in labels.items()):
+            total += float(value)
+    return total
+
 
 def _stop(proc: subprocess.Popen[bytes], sig: int, timeout: float) -> int:
     if proc.poll() is None:

@@ -58,6 +58,7 @@ TAP_FUNCTION = "tap_ingress"
 BRIDGE_FUNCTION = "bridge_ingress"
 MAP_NAMES = ("enabled", "stats", "syn_bucket", "config")
 INGRESS_PARENT = 0xFFFFFFF2  # clsact ingress ("ffff:fff2")
+EGRESS_PARENT = 0xFFFFFFF3
 FILTER_HANDLE = 1
 DEFAULT_ARP_MAC = "02:a9:fe:a9:fe:00"  # same as the nft datapath
 FALLBACK_HINT = "use --datapath nft"
@@ -179,14 +180,18 @@ class EbpfDatapath:
         with IPRoute() as ipr:
             bridges = self._bridge_indexes(ipr, taps)
             want = {tap.ifindex for tap in taps.values()} | set(bridges.values())
-            if not self._reconciled:
+            # The first sync after install replaces the program on every link
+            # (an earlier run's, maybe older, program); later ones touch only
+            # links that changed, so a sync costs per change, not per tap.
+            first = not self._reconciled
+            if first:
                 self._attached = self._scan_attached(ipr)
                 self._reconciled = True
             self._set_entries(taps, bridges, ipr)
             for ifindex in sorted(self._attached - want):
                 self._detach(ipr, ifindex)
             bridge_indexes = set(bridges.values())
-            for ifindex in sorted(want):
+            for ifindex in sorted(want if first else want - self._attached):
                 fd = self._bridge_fd if ifindex in bridge_indexes else self._tap_fd
                 try:
                     self._attach(ipr, ifindex, fd)
@@ -393,9 +398,11 @@ class EbpfDatapath:
             if self._ours_on(ipr, ifindex):
                 ipr.tc("del-filter", "bpf", ifindex, f":{FILTER_HANDLE}",
                        parent=INGRESS_PARENT, prio=self.cfg.tc_prio)
-            if _clsact_empty(ipr, ifindex):
+            if not any(ipr.get_filters(index=ifindex, parent=parent)
+                       for parent in (INGRESS_PARENT, EGRESS_PARENT)):
                 ipr.tc("del", "clsact", ifindex)
         except NetlinkError as exc:
+            # Gone already: the link (ENODEV), the filter (ENOENT), the qdisc (EINVAL).
             if exc.code not in (errno.ENODEV, errno.ENOENT, errno.EINVAL):
                 raise DatapathError(f"ebpf: cannot detach from ifindex {ifindex}: {exc}") \
                     from None
@@ -423,13 +430,6 @@ class EbpfDatapath:
 
 class _LinkGone(Exception):
     """The link disappeared while we worked on it (tap churn)."""
-
-
-def _clsact_empty(ipr: Any, ifindex: int) -> bool:
-    for parent in (INGRESS_PARENT, 0xFFFFFFF3):  # ingress, egress
-        if ipr.get_filters(index=ifindex, parent=parent):
-            return False
-    return any(q.get_attr("TCA_KIND") == "clsact" for q in ipr.get_qdiscs(index=ifindex))
 
 
 def _link_mac(ipr: Any, ifindex: int) -> bytes:

@@ -249,8 +249,9 @@ arp daddr ip {md} iif @steered update @cnt_arp_reply {{ iif }} \
 ether daddr set ether saddr arp daddr ether set arp saddr ether \
 arp daddr ip set arp saddr ip ether saddr set {mac} arp saddr ether set {mac} \
 arp saddr ip set {md} arp operation set reply fwd to iif
+    arp operation reply meta pkttype host iif @steered ether daddr set 01:80:c2:00:00:02 accept
     arp daddr ip {md} drop comment "no ARP answer on an unsteered tap"
-    ip daddr {md} iif @steered meta pkttype set host accept
+    ip daddr {md} iif @steered meta pkttype set host ether daddr set 01:80:c2:00:00:02 accept
     ip daddr {md} meta l4proto tcp update @cnt_refused {{ iif }} reject with tcp reset
     ip daddr {md} drop
   }}

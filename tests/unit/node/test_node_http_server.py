@@ -392,7 +392,7 @@ async def test_ip_ttl_for_one_response_then_restored(served: Served) -> None:
 
 
 async def test_peer_not_reading_pauses_processing() -> None:
-    big = b"x" * (1 << 20)
+    big = b"x" * (8 << 20)  # larger than any loopback socket buffer
 
     def handler(identity: TapIdentity, req: Request) -> HandlerResult:
         seen.append(req.path)
@@ -404,15 +404,15 @@ async def test_peer_not_reading_pauses_processing() -> None:
     await server.add_listener(sock, TAP)
     try:
         c = await Client.connect(sock.getsockname()[1])
-        await c.send(b"".join(b"GET /%d HTTP/1.1\r\n\r\n" % i for i in range(10)))
+        await c.send(b"".join(b"GET /%d HTTP/1.1\r\n\r\n" % i for i in range(6)))
         for _ in range(20):
             await asyncio.sleep(0.02)
         # Socket buffers hold a few MiB at most: the server stopped answering.
-        assert 1 <= len(seen) < 10
-        for _ in range(10):
+        assert 1 <= len(seen) < 6
+        for _ in range(6):
             r = await c.reply()
             assert r.status == 200 and len(r.body) == len(big)
-        assert len(seen) == 10
+        assert len(seen) == 6
         c.close()
     finally:
         await server.close()
@@ -463,3 +463,22 @@ async def test_token_segment_leaves_with_ttl_1_on_the_wire(served: Served) -> No
         c.close()
     finally:
         sniffer.close()
+
+
+async def test_expected_mark_cross_check() -> None:
+    handler = Recorder()
+    server = GuestHttpServer(handler)
+    wrong, right = listening_socket(), listening_socket()
+    try:
+        # Loopback connections carry mark 0 (nothing marks them).
+        await server.add_listener(wrong, TAP, expected_mark=0x4D000007)
+        await server.add_listener(right, TapIdentity("tapz", 8, "i-z"), expected_mark=0)
+        c = await Client.connect(wrong.getsockname()[1])
+        await c.send(b"GET / HTTP/1.1\r\n\r\n")
+        assert await c.closed()
+        r, c2 = await request(right.getsockname()[1], b"GET / HTTP/1.1\r\n\r\n")
+        assert r.status == 200 and r.body.startswith(b"i-z ")
+        c2.close()
+        assert [i.instance_id for i, _ in handler.seen] == ["i-z"]
+    finally:
+        await server.close()

@@ -1,0 +1,123 @@
+"""The product under test: real backend and node daemon in a node namespace.
+
+Reuses the end-to-end harness (``tests/e2e/netns.Topology`` for the
+namespaces, ``tests/e2e/stack.ProductStack`` for the processes), adds bulk
+instance creation over the owner API and the per-VM limit lifting the
+throughput benchmarks need. ``bench_stack`` removes everything on exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from bench.netns_client import AdminApi, Namespaces, metric_value
+from tests.e2e.netns import Topology, sh
+from tests.e2e.stack import (
+    BACKEND_OPERATOR_PORT,
+    BACKEND_PORT,
+    NODE_OPERATOR_PORT,
+    ProductStack,
+    product,
+)
+
+CUSTOMER = "cust-bench"
+UNLIMITED = {"rate_limit": 0.0}
+"""Node options for capacity runs: no per-VM request rate limit (429)."""
+
+
+@dataclass
+class Bench:
+    topo: Topology
+    stack: ProductStack
+    ns: Namespaces
+    admin: AdminApi
+
+    @property
+    def node_pid(self) -> int:
+        assert self.stack.node is not None
+        return self.stack.node.pid
+
+    async def ensure_customer(self) -> None:
+        reply = await self.admin.call("GET", f"/v1/customers/{CUSTOMER}")
+        if reply.status == 404:
+            await self.admin.ok("POST", "/v1/customers", {"id": CUSTOMER, "name": CUSTOMER})
+
+    async def create_instances(self, pairs: list[tuple[str, str | None]],
+                               concurrency: int = 8) -> None:
+        """Create servers (instance id, tap to bind or None), ``concurrency`` at a time."""
+        await self.ensure_customer()
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(iid: str, tap: str | None) -> None:
+            body: dict[str, Any] = {"customer_id": CUSTOMER, "hostname": f"h-{iid}"}
+            if tap is not None:
+                body["bindings"] = [{"node": self.stack.node_name, "ifname": tap}]
+            async with sem:
+                await self.admin.ok("PUT", f"/v1/servers/{iid}", body,
+                                    {"If-None-Match": "*"})
+
+        await asyncio.gather(*(one(iid, tap) for iid, tap in pairs))
+
+    async def bind(self, iid: str, tap: str) -> None:
+        await self.admin.ok("PATCH", f"/v1/servers/{iid}",
+                            {"bindings": [{"node": self.stack.node_name, "ifname": tap}]})
+
+    async def set_hostname(self, iid: str, hostname: str) -> None:
+        await self.admin.ok("PATCH", f"/v1/servers/{iid}", {"hostname": hostname})
+
+    async def backend_documents(self) -> float:
+        """Documents the backend has sent to nodes (200s and 304s)."""
+        return await metric_value(self.ns, self.topo.node, BACKEND_OPERATOR_PORT,
+                                  "interceptor_backend_documents_served")
+
+    async def node_metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        return await metric_value(self.ns, self.topo.node, NODE_OPERATOR_PORT, name, labels)
+
+    async def wait_taps(self, count: int, timeout: float = 120.0) -> float:
+        """Wait until the node has ``count`` guest listeners; seconds waited."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        while True:
+            have = await self.node_metric("interceptor_node_managed_taps")
+            if have >= count:
+                return loop.time() - start
+            if loop.time() - start > timeout:
+                raise TimeoutError(f"node serves {have} taps, wanted {count}, after {timeout}s")
+            await asyncio.sleep(0.2)
+
+
+def lift_syn_limit(bench: Bench) -> bool:
+    """Remove the per-tap SYN rate limit rule (20/s, burst 40) from the daemon's
+    nft table in the bench's own node namespace, so new-connection throughput
+    measures the server and not the limit. Not configurable in NodeConfig (see
+    README). True when a rule was removed; nft datapath only."""
+    if bench.stack.datapath != "nft":
+        return False
+    listing = sh(["nft", "-a", "list", "chain", "inet", "interceptor", "steer"],
+                 netns=bench.topo.node).stdout
+    removed = False
+    for line in listing.splitlines():
+        if "@syn_rl" in line and "# handle" in line:
+            handle = line.rsplit("# handle", 1)[1].strip()
+            sh(["nft", "delete", "rule", "inet", "interceptor", "steer", "handle", handle],
+               netns=bench.topo.node)
+            removed = True
+    return removed
+
+
+@contextlib.contextmanager
+def bench_stack(datapath: str = "nft", node_options: dict[str, Any] | None = None
+                ) -> Iterator[Bench]:
+    topo = Topology()
+    ns = Namespaces()
+    try:
+        with product(topo, datapath=datapath, node_options=node_options) as stack:
+            admin = AdminApi(ns, topo.node, BACKEND_PORT, stack.admin_token)
+            yield Bench(topo, stack, ns, admin)
+    finally:
+        ns.close()
+        topo.close()
