@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import os
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from bench.netns_client import AdminApi, Namespaces, metric_value
+from bench.netns_client import AdminApi, Namespaces, fetch, metric_value
 from tests.e2e.netns import Topology, sh
 from tests.e2e.stack import (
     BACKEND_OPERATOR_PORT,
@@ -77,6 +80,15 @@ class Bench:
     async def node_metric(self, name: str, labels: dict[str, str] | None = None) -> float:
         return await metric_value(self.ns, self.topo.node, NODE_OPERATOR_PORT, name, labels)
 
+    async def readyz(self) -> Any:
+        """The node's ``/readyz`` JSON (whatever its status)."""
+        reply = await fetch(self.ns, self.topo.node, "/readyz", host="127.0.0.1",
+                            port=NODE_OPERATOR_PORT)
+        return reply.json()
+
+    async def unbind(self, iid: str) -> None:
+        await self.admin.ok("PATCH", f"/v1/servers/{iid}", {"bindings": []})
+
     async def wait_taps(self, count: int, timeout: float = 120.0) -> float:
         """Wait until the node has ``count`` guest listeners; seconds waited."""
         loop = asyncio.get_running_loop()
@@ -91,12 +103,14 @@ class Bench:
 
 
 def lift_syn_limit(bench: Bench) -> bool:
-    """Remove the per-tap SYN rate limit rule (20/s, burst 40) from the daemon's
-    nft table in the bench's own node namespace, so new-connection throughput
-    measures the server and not the limit. Not configurable in NodeConfig (see
-    README). True when a rule was removed; nft datapath only."""
-    if bench.stack.datapath != "nft":
-        return False
+    """Lift the per-tap SYN rate limit (20/s, burst 40) of the bench's own
+    daemon, so new-connection throughput measures the server and not the
+    limit: nft — delete the limit rule from the daemon's table in the bench's
+    node namespace; eBPF — set ``syn_interval_ns`` to 0 (no limit) in the
+    pinned config map. The limit is not configurable in NodeConfig (see
+    README). True when the limit is off."""
+    if bench.stack.datapath == "ebpf":
+        return _lift_ebpf(f"{bench.stack.pin_dir}/config")
     listing = sh(["nft", "-a", "list", "chain", "inet", "interceptor", "steer"],
                  netns=bench.topo.node).stdout
     removed = False
@@ -107,6 +121,34 @@ def lift_syn_limit(bench: Bench) -> bool:
                netns=bench.topo.node)
             removed = True
     return removed
+
+
+class _ElemAttr(ctypes.Structure):
+    _fields_ = [("map_fd", ctypes.c_uint32), ("_pad", ctypes.c_uint32),
+                ("key", ctypes.c_uint64), ("value", ctypes.c_uint64),
+                ("flags", ctypes.c_uint64)]
+
+
+_BPF_MAP_LOOKUP_ELEM = 1
+_BPF_MAP_UPDATE_ELEM = 2
+_SYN_INTERVAL_OFFSET = 16  # struct dp_config in bpf/tap_ingress.c
+
+
+def _lift_ebpf(config_pin: str) -> bool:
+    from interceptor.node.datapath import ebpf_syscall
+
+    fd = ebpf_syscall.obj_get(config_pin)
+    try:
+        size = ebpf_syscall.map_info(fd).value_size
+        key = ctypes.c_uint32(0)
+        value = ctypes.create_string_buffer(size)
+        attr = _ElemAttr(map_fd=fd, key=ctypes.addressof(key), value=ctypes.addressof(value))
+        ebpf_syscall._bpf(_BPF_MAP_LOOKUP_ELEM, attr)
+        struct.pack_into("<Q", value, _SYN_INTERVAL_OFFSET, 0)
+        ebpf_syscall._bpf(_BPF_MAP_UPDATE_ELEM, attr)
+    finally:
+        os.close(fd)
+    return True
 
 
 @contextlib.contextmanager

@@ -99,8 +99,10 @@ class NodeDaemon:
             stack.push_async_callback(server.close)
             stack.push_async_callback(server.shutdown, cfg.shutdown_grace)
 
+            forgetter = _InstanceForgetter(cache, api, self.metrics)
             taps = TapManager(datapath, server, disabled_action=cfg.disabled_action,
-                              address=cfg.metadata_address, port=cfg.metadata_port)
+                              address=cfg.metadata_address, port=cfg.metadata_port,
+                              on_instances_changed=forgetter.served)
             stack.push_async_callback(taps.close)
 
             bindings = _BindingsLoader(client, taps)
@@ -137,6 +139,25 @@ class NodeDaemon:
                 if task is not stopper and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
             log.info("node %s: stopping", cfg.node_name)
+
+
+class _InstanceForgetter:
+    """Drops per-VM state (cached document, rate bucket, metric labels) once no
+    tap serves the VM any more, so memory and label sets stay bounded by the
+    VMs this node hosts now."""
+
+    def __init__(self, cache: DocumentCache, api: GuestApi, metrics: NodeMetrics) -> None:
+        self._cache = cache
+        self._api = api
+        self._metrics = metrics
+        self._served: set[str] = set()
+
+    def served(self, instances: set[str]) -> None:
+        for iid in self._served - instances:
+            self._cache.forget(iid)
+            self._api.forget_instance(iid)
+            self._metrics.forget_instance(iid)
+        self._served = set(instances)
 
 
 class _BindingsLoader:

@@ -27,9 +27,10 @@ class HttpLimits:
     idle_timeout: float = 30.0
     """Seconds a keep-alive connection may sit idle between requests."""
     max_connections_per_tap: int = 64
-    """Concurrent connections per tap; more get 503 and are closed."""
-    max_pipelined: int = 32
-    """Complete requests buffered behind a busy one before reading pauses."""
+    """Concurrent connections per tap (long-polls included); more get 503 and
+    are closed. Reading pauses while more than head + body limit is buffered
+    behind a busy request, and processing pauses while 64 KiB of responses
+    wait for a peer that does not read."""
 
 
 class _Bucket:

@@ -95,7 +95,7 @@ class NodeMetrics:
                                          "Backend request latency", ["op"],
                                          buckets=_LATENCY_BUCKETS, registry=r)
         self.vm_refusals = Counter(p + "vm_refusals", "Guest requests refused per managed "
-                                   "VM", ["instance", "reason"], registry=r)
+                                   "VM", ["instance_id", "reason"], registry=r)
         self.longpoll_waiters = Gauge(p + "longpoll_waiters", "Guest long-polls waiting",
                                       registry=r)
         self.tokens_issued = Counter(p + "tokens_issued", "EC2 session tokens issued",
@@ -158,7 +158,7 @@ class NodeMetrics:
                 buckets.append((_bound_text(bound), cumulative))
             latency.add_metric([surface], buckets, counts[-1])
         vm = CounterMetricFamily(p + "vm_requests", "Guest requests per managed VM",
-                                 labels=["instance"])
+                                 labels=["instance_id"])
         for instance, count in sorted(vm_counts.items()):
             vm.add_metric([instance], count)
         hits = CounterMetricFamily(p + "cache_hits", "Requests served from a fresh cached "

@@ -23,6 +23,7 @@ import binascii
 import enum
 import hashlib
 import hmac
+import math
 import secrets
 import struct
 import time
@@ -83,7 +84,9 @@ class TokenIssuer:
         """A token for ``instance_id`` valid for ``ttl_seconds`` (1..21600)."""
         if not MIN_TTL_SECONDS <= ttl_seconds <= MAX_TTL_SECONDS:
             raise ValueError(f"token TTL {ttl_seconds} outside 1..21600")
-        expiry = int(self._clock()) + ttl_seconds
+        # Round up: the expiry has whole seconds, and truncating made a 1 s
+        # token issued late in a second expire almost at once.
+        expiry = math.ceil(self._clock() + ttl_seconds)
         payload = _PAYLOAD.pack(_VERSION, expiry, secrets.token_bytes(8))
         return _b64(payload) + "." + _b64(self._mac(instance_id, payload))
 

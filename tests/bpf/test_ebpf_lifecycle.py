@@ -20,7 +20,7 @@ from interceptor.node.datapath.ebpf import (
     EbpfDatapath,
     default_source,
 )
-from tests.bpf.conftest import PacketLab, unique
+from tests.bpf.lab import PacketLab, unique
 
 pytestmark = pytest.mark.root
 
@@ -216,6 +216,7 @@ def test_missing_bcc_is_one_clear_line(lab: PacketLab, monkeypatch: Any) -> None
 
 def test_bad_options_are_refused() -> None:
     for kw in ({"instance": "../x"}, {"arp_reply_mac": "01:00:00:00:00:01"},
-               {"arp_reply_mac": "nope"}, {"syn_burst": 0}, {"tc_prio": 0}):
+               {"arp_reply_mac": "nope"}, {"syn_burst": 0}, {"tc_prio": 0},
+               {"bpffs": "relative"}, {"bpffs": '/sys/fs/bpf"; x'}):
         with pytest.raises(DatapathError):
             EbpfConfig(**kw)

@@ -21,7 +21,7 @@ from interceptor.node.datapath.base import METADATA_ADDRESS, mark_for
 from interceptor.node.datapath.ebpf import DEFAULT_ARP_MAC, EbpfDatapath
 from interceptor.node.datapath.ebpf_syscall import ProgRunResult, prog_test_run
 from interceptor.node.datapath.listeners import open_tap_listener
-from tests.bpf.conftest import PacketLab
+from tests.bpf.lab import PacketLab
 
 pytestmark = pytest.mark.root
 

@@ -26,7 +26,7 @@ def make_handler(mode: str, token: str, stop: threading.Event) -> type[BaseHTTPR
         def log_message(self, format: str, *args: object) -> None:
             sys.stderr.write("vendor-target " + (format % args) + "\n")
 
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", "0"))
             body = json.loads(self.rfile.read(length) or b"{}")
             if mode == "hang":

@@ -45,6 +45,18 @@ def _exported() -> tuple[set[str], set[str]]:
         base, kind = metric._name, metric._type
         names |= {base + s for s in _SUFFIXES.get(kind or "", ("",))}
         labels |= set(metric._labelnames)
+    # The node counts hot-path events in plain integers and exports them at
+    # scrape time; exercise it once so every family has samples, then read
+    # what the registry really exports.
+    registry = CollectorRegistry()
+    node = NodeMetrics(registry)
+    node.observe_request("ec2", 200, 0.001)
+    node.observe_vm_request("i-1")
+    node.observe_vm_refusal("i-1", "rate")
+    for family in registry.collect():
+        for sample in family.samples:
+            names.add(sample.name)
+            labels |= set(sample.labels)
     return names, labels
 
 

@@ -77,6 +77,7 @@ class Guest:
     route: str  # "onlink" (ip route add 169.254.169.254 dev eth0) or "gateway"
     gateway: str | None
     kind: str  # "veth" or "tap"
+    bridge: str | None = None  # the node's Linux bridge the tap is a port of
 
     def run(self, args: Sequence[str], *, timeout: float = 15.0,
             check: bool = False) -> subprocess.CompletedProcess[str]:
@@ -115,14 +116,30 @@ class Topology:
         self._count += 1
         return f"mdtap{self.prefix[1:]}{self._count}"[:15]
 
+    def add_bridge(self, mac: str | None = "02:b0:00:00:00:01") -> str:
+        """A Linux bridge in the node namespace (gone with the namespace).
+        ``mac`` gives it an address of its own, as libvirt does; None lets it
+        adopt its lowest port's MAC, as a bare ``ip link add type bridge`` does."""
+        self._count += 1
+        name = f"br{self.prefix[1:]}{self._count}"[:15]
+        sh(["ip", "link", "add", name, "type", "bridge"], netns=self.node)
+        if mac:
+            sh(["ip", "link", "set", name, "address", mac], netns=self.node)
+        sh(["ip", "link", "set", name, "up"], netns=self.node)
+        return name
+
     def add_guest(self, *, ip: str = "10.0.0.2/24", mac: str | None = None,
                   route: str = "onlink", gateway: str = "10.0.0.1",
-                  kind: str = "veth", tap: str | None = None) -> Guest:
+                  kind: str = "veth", tap: str | None = None,
+                  bridge: str | None = None) -> Guest:
         """A guest namespace wired to the node by a veth pair (host end = the
         "tap") or by a real tap device whose frames a pump process carries to
         a tap inside the guest namespace. ``route="gateway"`` gives the guest
         a default route via ``gateway`` and puts ``gateway/32`` on the host
-        end, so the host answers ARP for it (as a routed-tap setup does)."""
+        end, so the host answers ARP for it (as a routed-tap setup does).
+        ``bridge`` (from ``add_bridge``) makes the tap a port of that bridge
+        instead; the gateway address then goes on the bridge, with the
+        guest's prefix length."""
         if route not in ("onlink", "gateway"):
             raise ValueError(route)
         netns = self.add_netns("g")
@@ -137,19 +154,29 @@ class Topology:
             raise ValueError(kind)
         if mac:
             sh(["ip", "link", "set", ifname, "address", mac], netns=netns)
+        if bridge:
+            sh(["ip", "link", "set", tap, "master", bridge], netns=self.node)
         sh(["ip", "link", "set", tap, "up"], netns=self.node)
         sh(["ip", "link", "set", ifname, "up"], netns=netns)
         sh(["ip", "addr", "add", ip, "dev", ifname], netns=netns)
         if route == "onlink":
             sh(["ip", "route", "add", "169.254.169.254", "dev", ifname], netns=netns)
         else:
-            sh(["ip", "addr", "add", f"{gateway}/32", "dev", tap], netns=self.node)
+            self._add_gateway(tap, bridge, gateway, ip)
             sh(["ip", "route", "add", "default", "via", gateway, "dev", ifname, "onlink"],
                netns=netns)
         guest = Guest(netns, tap, ifname, ip, route, gateway if route == "gateway" else None,
-                      kind)
+                      kind, bridge)
         self.guests.append(guest)
         return guest
+
+    def _add_gateway(self, tap: str, bridge: str | None, gateway: str, ip: str) -> None:
+        if bridge:  # shared by the bridge's guests: add once
+            prefix = ip.partition("/")[2] or "32"
+            sh(["ip", "addr", "replace", f"{gateway}/{prefix}", "dev", bridge],
+               netns=self.node)
+        else:
+            sh(["ip", "addr", "add", f"{gateway}/32", "dev", tap], netns=self.node)
 
     def _start_pump(self, tap: str, netns: str, ifname: str) -> None:
         proc = subprocess.Popen(
@@ -169,13 +196,15 @@ class Topology:
         sh(["ip", "link", "del", guest.tap], netns=self.node)
         sh(["ip", "link", "add", guest.tap, "type", "veth", "peer", "name", guest.ifname,
             "netns", guest.netns], netns=self.node)
+        if guest.bridge:
+            sh(["ip", "link", "set", guest.tap, "master", guest.bridge], netns=self.node)
         sh(["ip", "link", "set", guest.tap, "up"], netns=self.node)
         sh(["ip", "link", "set", guest.ifname, "up"], netns=guest.netns)
         sh(["ip", "addr", "add", guest.ip, "dev", guest.ifname], netns=guest.netns)
         if guest.route == "onlink":
             sh(["ip", "route", "add", "169.254.169.254", "dev", guest.ifname], netns=guest.netns)
         else:
-            sh(["ip", "addr", "add", f"{guest.gateway}/32", "dev", guest.tap], netns=self.node)
+            self._add_gateway(guest.tap, guest.bridge, str(guest.gateway), guest.ip)
             sh(["ip", "route", "add", "default", "via", str(guest.gateway), "dev",
                 guest.ifname, "onlink"], netns=guest.netns)
         return ifindex(self.node, guest.tap)

@@ -159,13 +159,16 @@ def unpin(instance: str) -> None:
 
 @pytest.fixture
 def node(topology: Topology) -> Any:
-    agent = start_node(topology)
-    yield agent
+    """A loader in the node namespace; afterwards a fresh one removes the
+    datapath (the first may have been killed), and the pins go in any case."""
     try:
-        cleaner = topology.rpc(AGENT, agent_config(topology))
-        cleaner.call("remove")
+        yield start_node(topology)
     finally:
-        unpin(topology.prefix)
+        try:
+            cleaner = topology.rpc(AGENT, agent_config(topology))
+            cleaner.call("remove")
+        finally:
+            unpin(topology.prefix)
 
 
 def steer(node: Any, *guests: Guest, refused: tuple[Guest, ...] = ()) -> None:
@@ -320,8 +323,8 @@ def test_refused_tap_fails_fast(topology: Topology, node: Any, kind: str) -> Non
 
 
 def test_arp_when_refused_makes_onlink_guests_fail_fast(topology: Topology) -> None:
-    agent = start_node(topology, arp_when_refused=True)
     try:
+        agent = start_node(topology, arp_when_refused=True)
         onlink = topology.add_guest()
         agent.call("sync", {onlink.tap: {"steer": False}})
         proc = onlink.curl(MD, max_time=3)
@@ -329,8 +332,10 @@ def test_arp_when_refused_makes_onlink_guests_fail_fast(topology: Topology) -> N
         assert body_and_time(proc)[2] < FAST_S
         assert DEFAULT_ARP_MAC in guest_neigh(onlink)
     finally:
-        agent.call("remove")
-        unpin(topology.prefix)
+        try:
+            topology.rpc(AGENT, agent_config(topology)).call("remove")
+        finally:
+            unpin(topology.prefix)
 
 
 def test_loader_killed_then_restarted(topology: Topology, node: Any) -> None:

@@ -88,6 +88,9 @@ class NftNode:
                                    bridge=spec.get("bridge"))
         self.dp.sync(state)
 
+    def unsteerable(self) -> dict[str, str]:
+        return self.dp.unsteerable()
+
     def counters(self) -> dict[str, dict[str, Any]]:
         return {k: dataclasses.asdict(v) for k, v in self.dp.counters().items()}
 
@@ -489,17 +492,134 @@ def test_per_tap_syn_rate_limit(topology: Topology) -> None:
     assert guest_connects(b, 3, hold=False) == 3  # the flood on a did not hurt b
 
 
-def test_bridged_tap_stays_fail_closed(topology: Topology, node: Any) -> None:
-    guest = topology.add_guest(route="gateway")
-    bridge = "br" + topology.prefix[1:]
-    sh(["ip", "link", "add", bridge, "type", "bridge"], netns=topology.node)
+def br_netfilter(topology: Topology, value: int) -> None:
+    """Set ``bridge-nf-call-iptables`` in the node (per network namespace)."""
+    sh(["sysctl", "-qw", f"net.bridge.bridge-nf-call-iptables={value}"], netns=topology.node)
+    flag = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+    assert sh(["cat", flag], netns=topology.node).stdout.strip() == str(value)
+
+
+def steer_bridged(node: Any, *guests: Guest, unbound: tuple[Guest, ...] = ()) -> None:
+    taps = {g.tap: {"steer": True, "bridge": g.bridge} for g in guests}
+    taps.update({g.tap: {"steer": False, "bridge": g.bridge} for g in unbound})
+    node.call("sync", taps)
+    for g in guests:
+        node.call("listen", g.tap)
+
+
+@pytest.mark.parametrize(("kind", "route", "brnf"), [
+    ("veth", "onlink", 1), ("veth", "gateway", 0), ("tap", "gateway", 1), ("tap", "onlink", 0)])
+def test_bridged_guest_reads_through_its_tap(topology: Topology, node: Any, kind: str,
+                                             route: str, brnf: int) -> None:
+    br_netfilter(topology, brnf)
+    bridge = topology.add_bridge()
+    guest = topology.add_guest(kind=kind, route=route, bridge=bridge)
+    other = topology.add_guest(route=route, bridge=bridge, ip="10.0.0.3/24")  # same bridge
+    steer_bridged(node, guest, other)
+    for g in (guest, other, guest):
+        code, body, seconds = fetch(g)
+        assert code == 200, body
+        tap, peer, _ = body.split()
+        assert tap == g.tap  # the bridge port it came in on: its own listener
+        assert peer.startswith(g.ip.split("/")[0] + ":")
+        assert seconds < FAST_S
+    counters = node.call("counters")[guest.tap]
+    assert counters["steered_packets"] >= 6
+    assert counters["arp_replies"] >= (1 if route == "onlink" else 0)
+    assert node.call("unsteerable") == {}
+    # The host resolved the guest on the tap, and the bridge is untouched.
+    neigh = sh(["ip", "neigh", "show", "dev", guest.tap], netns=topology.node).stdout
+    assert "10.0.0.2" in neigh and "lladdr" in neigh
+    if route == "gateway":  # the bridge still works both ways for everything else
+        node.call("host_service", "0.0.0.0", 8080)
+        sh(["ip", "neigh", "flush", "dev", bridge], netns=topology.node)
+        proc = guest.curl("http://10.0.0.1:8080/", max_time=2)
+        assert proc.stdout.startswith("host"), proc.stderr
+        assert node.call("host_accepts", "0.0.0.0:8080") == 1
+
+
+def test_enslaving_a_steered_tap_needs_no_new_state(topology: Topology, node: Any) -> None:
+    guest = topology.add_guest()  # on-link, routed
+    steer(node, guest)
+    assert fetch(guest)[0] == 200
+    bridge = topology.add_bridge()
     sh(["ip", "link", "set", guest.tap, "master", bridge], netns=topology.node)
-    sh(["ip", "link", "set", bridge, "up"], netns=topology.node)
-    node.call("sync", {guest.tap: {"steer": True, "bridge": bridge}})
-    node.call("listen", guest.tap)
-    proc = guest.curl(MD, max_time=2)
-    assert proc.returncode == 7, proc.stdout  # refused at the tap, fast
+    sh(["ip", "neigh", "flush", "dev", guest.tap], netns=topology.node)
+    code, body, _ = fetch(guest)  # no sync in between: nothing per bridge in the kernel
+    assert code == 200 and body.split()[0] == guest.tap
+    sh(["ip", "link", "set", guest.tap, "nomaster"], netns=topology.node)
+    assert fetch(guest)[0] == 200
+
+
+def test_same_ip_mac_and_port_on_one_bridge(topology: Topology, node: Any) -> None:
+    bridge = topology.add_bridge()
+    a = topology.add_guest(bridge=bridge, mac="02:00:00:00:00:02", route="gateway")
+    b = topology.add_guest(bridge=bridge, mac="02:00:00:00:00:02")
+    steer_bridged(node, a, b)
+    procs = [subprocess.Popen(
+        ["ip", "netns", "exec", g.netns, "curl", "-sS", "--max-time", "3", "--local-port",
+         "40123", "-w", "\n%{http_code} %{time_total}", MD],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for g in (a, b)]
+    outs = [p.communicate(timeout=10)[0] for p in procs]
+    for guest, out in zip((a, b), outs, strict=True):
+        code, body, seconds = body_and_time(subprocess.CompletedProcess([], 0, out, ""))
+        assert code == 200, out
+        assert body.split()[:2] == [guest.tap, "10.0.0.2:40123"]  # identity: the port
+        assert seconds < FAST_S
+
+
+@pytest.mark.parametrize("kind", ["veth", "tap"])
+def test_bridged_unbound_tap_fails_fast(topology: Topology, node: Any, kind: str) -> None:
+    bridge = topology.add_bridge()
+    bound = topology.add_guest(bridge=bridge, route="gateway")
+    unbound = topology.add_guest(bridge=bridge, route="gateway", ip="10.0.0.3/24", kind=kind)
+    steer_bridged(node, bound, unbound=(unbound,))
+    node.call("listen", unbound.tap)  # even with a listener: refused at the tap
+    proc = unbound.curl(MD, max_time=2)
+    assert proc.returncode == 7, proc.stdout  # connection refused
     assert body_and_time(proc)[2] < FAST_S
+    assert node.call("counters")[unbound.tap]["refused_packets"] >= 1
+    assert fetch(bound)[0] == 200
+
+
+def test_bridge_wearing_the_taps_mac_fails_closed(topology: Topology, node: Any) -> None:
+    bridge = topology.add_bridge(mac=None)
+    guest = topology.add_guest(bridge=bridge, route="gateway")
+    tap_mac = sh(["cat", f"/sys/class/net/{guest.tap}/address"], netns=topology.node).stdout
+    assert sh(["cat", f"/sys/class/net/{bridge}/address"], netns=topology.node).stdout == tap_mac
+    steer_bridged(node, guest)
+    assert "has the MAC of its bridge" in node.call("unsteerable")[guest.tap]
+    proc = guest.curl(MD, max_time=2)
+    assert proc.returncode == 7, proc.stdout  # refused fast rather than hanging
+    # What steering it would have broken: the host reaching the guest over the bridge.
+    node.call("host_service", "0.0.0.0", 8080)
+    sh(["ip", "neigh", "flush", "dev", bridge], netns=topology.node)
+    assert guest.curl("http://10.0.0.1:8080/", max_time=2).stdout.startswith("host")
+    # Given an address of its own, the bridge's tap is steered at the next sync.
+    sh(["ip", "link", "set", bridge, "address", "02:b0:00:00:00:09"], netns=topology.node)
+    steer_bridged(node, guest)
+    assert node.call("unsteerable") == {}
+    assert fetch(guest)[0] == 200
+
+
+@pytest.mark.parametrize("bridged", [False, True])
+def test_arp_when_refused_makes_unbound_onlink_guests_fail_fast(topology: Topology,
+                                                                bridged: bool) -> None:
+    node = topology.rpc("tests.e2e.test_datapath_nft:NftNode", {"arp_when_refused": True})
+    node.call("install")
+    bridge = topology.add_bridge() if bridged else None
+    bound = topology.add_guest(bridge=bridge)
+    onlink = topology.add_guest(bridge=bridge, ip="10.0.0.3/24")
+    steer_bridged(node, bound, unbound=(onlink,))
+    start = time.monotonic()
+    proc = onlink.curl(MD, max_time=3)
+    assert proc.returncode == 7, proc.stderr  # connection refused, not a timeout
+    assert time.monotonic() - start < FAST_S + 0.5
+    assert body_and_time(proc)[2] < FAST_S
+    assert "02:a9:fe:a9:fe:00" in onlink.run(["ip", "neigh"]).stdout
+    counters = node.call("counters")[onlink.tap]
+    assert counters["arp_replies"] >= 1 and counters["refused_packets"] >= 1
+    assert fetch(bound)[0] == 200
 
 
 def test_guest_cannot_reach_host_over_ipv6_link_local(topology: Topology, node: Any) -> None:

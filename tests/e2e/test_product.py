@@ -132,13 +132,21 @@ def test_guest_cannot_reach_host_services(stack: ProductStack) -> None:
     guest = stack.topo.add_guest(route="gateway")
     stack.create_instance("i-e2e-iso", hostname="iso", ifname=guest.tap)
     assert _wait_served(guest)[0] == 200
-    # The backend (8700, 8701) and the node's operator port (9100) listen in the
-    # node namespace; none of them may answer a guest, on any address it can name.
-    for addr in ("169.254.169.254", guest.gateway):
-        for port in (8700, 8701, 9100, 22):
-            r = guest.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
-                           "--max-time", "2", f"http://{addr}:{port}/"])
-            assert r.stdout in ("000", ""), f"{addr}:{port} answered {r.stdout}"
+    # A host service listening on every address of the node (TCP 7070 and
+    # UDP 7071), plus the backend and the node's operator port on loopback:
+    # none may answer a guest, on any address the guest can name.
+    service = stack.topo.rpc("tests.e2e.hostservice:HostService", 7070, 7071)
+    try:
+        for addr in ("169.254.169.254", guest.gateway):
+            for port in (7070, 8700, 8701, 9100, 22):
+                r = guest.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                               "--max-time", "2", f"http://{addr}:{port}/"])
+                assert r.stdout in ("000", ""), f"{addr}:{port} answered {r.stdout}"
+            guest.run(["python3", "-c", "import socket; s=socket.socket(socket.AF_INET, "
+                       f"socket.SOCK_DGRAM); s.sendto(b'x', ('{addr}', 7071))"])
+        assert service.call("seen") == {"tcp": 0, "udp": 0}
+    finally:
+        service.close()
 
 
 def test_garbage_closes_only_that_connection(stack: ProductStack) -> None:

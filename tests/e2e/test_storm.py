@@ -53,8 +53,9 @@ CRAWL_PATHS: tuple[str, ...] = (
 )
 
 # A guest's metadata client: "crawl THREADS" fetches every path once (new
-# connection each) when a line arrives on stdin (the common start signal); "loop INTERVAL" fetches the paths
-# round robin until stdin closes (at most 120 s). Prints one JSON summary.
+# connection each) when a line arrives on stdin (the common start signal);
+# "loop INTERVAL" fetches the paths round robin until stdin closes (at most
+# 120 s). Prints one JSON summary.
 GUEST_CLIENT = r"""
 import http.client, json, sys, threading, time, select
 mode, paths = sys.argv[1], json.loads(sys.argv[2])
@@ -102,7 +103,8 @@ else:
         status, body = fetch(path)
         stats[str(status)] = stats.get(str(status), 0) + 1
         if status not in (200, 404):
-            failures.append([round(time.time(), 3), path, status, body[:200].decode("utf-8", "replace")])
+            failures.append([round(time.time(), 3), path, status,
+                             body[:200].decode("utf-8", "replace")])
         time.sleep(interval)
     print(json.dumps({"stats": stats, "failures": failures, "requests": i}), flush=True)
 """
@@ -188,7 +190,8 @@ def test_boot_storm_costs_one_document_fetch_per_instance(topology: Topology) ->
     joins = metric(node, "interceptor_node_cache_singleflight_joins_total")
     syn_limited = metric(node, "interceptor_node_datapath_syn_rate_limited_packets_total")
     print(f"\nstorm: {count} guests x {len(CRAWL_PATHS)} paths = {requests} requests, "
-          f"started within {spread:.2f}s, slowest crawl {slowest:.2f}s; backend documents served {served:.0f}, "
+          f"started within {spread:.2f}s, slowest crawl {slowest:.2f}s; "
+          f"backend documents served {served:.0f}, "
           f"revalidated {revalidated:.0f}; node cache misses {misses:.0f}, "
           f"single-flight joins {joins:.0f}, SYNs rate-limited {syn_limited:.0f}")
     assert served == count, f"{served} document fetches for {count} instances"

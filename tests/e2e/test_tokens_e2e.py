@@ -243,5 +243,6 @@ def test_token_response_leaves_with_ttl_1(tokens: Tokens, which: str) -> None:
     # The handshake of the token connection is not affected either.
     synacks = [p for p in packets if p["flags"] == 0x12]
     assert synacks and {p["ttl"] for p in synacks} == {64}
-    print(f"captured TTLs: token segment {sorted({p['ttl'] for p in carrying})}, "
-          f"normal response {sorted({p['ttl'] for p in normal})}")
+    print(f"captured TTLs: token segment {[p['ttl'] for p in carrying]}, "
+          f"normal response {[p['ttl'] for p in normal]}, "
+          f"SYN-ACK {[p['ttl'] for p in synacks]}")

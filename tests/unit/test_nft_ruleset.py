@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import re
+import struct
 from pathlib import Path
 
 import pytest
 
 from interceptor.common.errors import DatapathError
+from interceptor.node.datapath import nft
 from interceptor.node.datapath.base import TapState
+from interceptor.node.datapath.bridge import (
+    BYPASS_BIT,
+    BYPASS_MAC,
+    Link,
+    PortFacts,
+    facts_from,
+    parse_links,
+)
 from interceptor.node.datapath.nft import (
     SHARD_SIZE,
     NftConfig,
@@ -79,7 +89,8 @@ def test_ingress_chain_answers_arp_and_resets() -> None:
     assert 'chain tap_ingress_3' in text
     assert 'devices = { "tap1", "tap2" }' in text
     assert "arp operation set reply fwd to iif" in text
-    assert "iif @steered meta pkttype set host accept" in text
+    assert ("ip daddr 169.254.169.254 iif @steered meta pkttype set host "
+            "ether daddr set 01:80:c2:00:00:02 accept") in text
     assert "reject with tcp reset" in text
     with pytest.raises(DatapathError):
         render_ingress_chain(NftConfig(), 0, [f"t{i}" for i in range(SHARD_SIZE + 1)])
@@ -166,3 +177,122 @@ def test_bad_tap_entry_is_refused() -> None:
     dp._applied = _Applied()
     with pytest.raises(DatapathError, match="bad tap entry"):
         dp.sync({"tap1": tap("tap2", 3)})
+
+
+ARP_REQUEST_RULE = re.compile(r"^ *arp htype 1 .*arp operation request.*$", re.M)
+
+
+def test_arp_is_answered_on_steered_taps_only_by_default() -> None:
+    rule = ARP_REQUEST_RULE.search(render_ingress_chain(NftConfig(), 0, ["tap1"]))
+    assert rule is not None
+    assert "arp daddr ip 169.254.169.254 iif @steered update @cnt_arp_reply" in rule.group()
+
+
+def test_arp_when_refused_answers_on_every_managed_tap() -> None:
+    text = render_ingress_chain(NftConfig(arp_when_refused=True), 0, ["tap1"])
+    rule = ARP_REQUEST_RULE.search(text)
+    assert rule is not None
+    assert "iif @steered" not in rule.group()
+    assert "arp daddr ip 169.254.169.254 update @cnt_arp_reply" in rule.group()
+    # Only ARP changes: TCP from a refused tap is still reset, nothing steered.
+    assert "meta l4proto tcp update @cnt_refused { iif } reject with tcp reset" in text
+    assert "ip daddr 169.254.169.254 iif @steered meta pkttype set host" in text
+
+
+def test_steered_frames_are_readdressed_past_a_bridge() -> None:
+    # 01:80:c2:00:00:02: a link-local group address whose bit a bridge's
+    # group_fwd_mask may never have (bits 0-2 are restricted in the kernel).
+    assert BYPASS_MAC == "01:80:c2:00:00:02"
+    assert 1 << int(BYPASS_MAC.rsplit(":", 1)[1], 16) == BYPASS_BIT
+    assert BYPASS_BIT & 0x7
+    text = render_ingress_chain(NftConfig(), 0, ["tap1"])
+    lines = [ln.strip() for ln in text.splitlines()]
+    reply = next(ln for ln in lines if ln.startswith("arp operation reply"))
+    assert "meta pkttype host iif @steered ether daddr set 01:80:c2:00:00:02 accept" in reply
+    # Nothing about the metadata address itself passes that way.
+    assert lines.index(reply) > lines.index(
+        'arp daddr ip 169.254.169.254 drop comment "no ARP answer on an unsteered tap"')
+
+
+@pytest.mark.parametrize(("facts", "reason"), [
+    (PortFacts("02:00:00:00:00:01"), None),  # routed
+    (PortFacts("fe:54:00:00:00:01", "br0", "02:bb:00:00:00:01"), None),
+    (PortFacts("fe:54:00:00:00:01", "br0", "02:bb:00:00:00:01", group_fwd_mask=0x4000), None),
+    (PortFacts("fe:54:00:00:00:01", "br0", "fe:54:00:00:00:01"), "has the MAC of its bridge"),
+    (PortFacts("fe:54:00:00:00:01", "br0", "02:bb:00:00:00:01", group_fwd_mask=0x4),
+     "group_fwd_mask 0x4"),
+])
+def test_which_bridge_ports_cannot_be_steered(facts: PortFacts, reason: str | None) -> None:
+    why = facts.unsteerable()
+    if reason is None:
+        assert why is None
+    else:
+        assert why is not None and reason in why
+
+
+def _nla(kind: int, payload: bytes) -> bytes:
+    return struct.pack("=HH", 4 + len(payload), kind) + payload + b"\0" * (-len(payload) % 4)
+
+
+def _newlink(index: int, name: str, mac: str, master: int = 0, kind: str = "",
+             fwd_mask: int | None = None) -> bytes:
+    info = _nla(1, kind.encode() + b"\0") if kind else b""
+    if fwd_mask is not None:
+        info += _nla(4, b"bridge\0") + _nla(5 | 0x8000, _nla(31, struct.pack("=H", fwd_mask)))
+    attrs = (_nla(3, name.encode() + b"\0") + _nla(1, bytes.fromhex(mac.replace(":", "")))
+             + _nla(18 | 0x8000, info))
+    if master:
+        attrs += _nla(10, struct.pack("=I", master))
+    body = struct.pack("=BxHiII", 0, 1, index, 0, 0) + attrs
+    return struct.pack("=IHHII", 16 + len(body), 16, 2, 1, 0) + body
+
+
+def test_link_dump_is_parsed_into_port_facts() -> None:
+    datagram = b"".join((
+        _newlink(2, "br0", "02:BB:00:00:00:01", kind="bridge"),
+        _newlink(3, "tap1", "fe:54:00:00:00:01", master=2, kind="tun", fwd_mask=4),
+        _newlink(4, "tap2", "fe:54:00:00:00:02", kind="tun"),
+        _newlink(5, "bond0", "02:00:00:00:00:05", kind="bond"),
+        _newlink(6, "tap3", "fe:54:00:00:00:03", master=5, kind="tun")))
+    links: dict[int, Link] = {}
+    assert parse_links(datagram, links) is False  # no NLMSG_DONE yet
+    assert links[3] == Link("tap1", "fe:54:00:00:00:01", 2, "tun", 4)
+    assert parse_links(struct.pack("=IHHIIi", 20, 3, 2, 1, 0, 0), links) is True
+    facts = facts_from(links, {3, 4, 6, 99})
+    assert facts == {
+        3: PortFacts("fe:54:00:00:00:01", "br0", "02:bb:00:00:00:01", 4),
+        4: PortFacts("fe:54:00:00:00:02"),
+        6: PortFacts("fe:54:00:00:00:03"),  # a bond is no bridge
+    }
+
+
+def test_unsteerable_taps_stay_fail_closed() -> None:
+    old = {"tap1": tap("tap1", 11), "tap2": tap("tap2", 12)}
+    text, _ = NftDatapath()._sync_batch(old, _Applied(taps=old, shards=[{"tap1", "tap2"}]),
+                                        full=False, blocked={"tap2"})
+    lines = text.splitlines()
+    assert "delete element netdev interceptor steered { 12 }" in lines
+    assert "delete element inet interceptor vm_mark { 12 : 0x4d00000c }" in lines
+    assert not [ln for ln in lines if "{ 11" in ln]
+    # Unblocked later: steered again.
+    text, _ = NftDatapath()._sync_batch(
+        old, _Applied(taps=old, shards=[{"tap1", "tap2"}], blocked={"tap2": "why"}), full=False)
+    assert "add element netdev interceptor steered { 12 }" in text.splitlines()
+
+
+def test_sync_warns_once_per_unsteerable_tap(monkeypatch: pytest.MonkeyPatch,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    dp = NftDatapath()
+    dp._applied = _Applied()
+    batches: list[str] = []
+    monkeypatch.setattr(dp, "_apply", batches.append)
+    monkeypatch.setattr(dp, "_existing_shards", list)
+    same = PortFacts("fe:54:00:00:00:01", "br0", "fe:54:00:00:00:01")
+    monkeypatch.setattr(nft, "port_facts", lambda idx: {i: same for i in idx})
+    taps = {"tap1": tap("tap1", 11), "tap2": tap("tap2", 12, steer=False)}
+    dp.sync(taps)
+    dp.sync(taps)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "tap tap1 is not steered" in warnings[0]
+    assert dp.unsteerable() == {"tap1": same.unsteerable()}
+    assert "steered { 11 }" not in "".join(batches)

@@ -97,6 +97,9 @@ class EbpfConfig:
     def __post_init__(self) -> None:
         if not _INSTANCE.match(self.instance) or self.instance in (".", ".."):
             raise DatapathError(f"ebpf: invalid instance name {self.instance!r}")
+        if not self.bpffs.startswith("/") or any(c in self.bpffs for c in '"\\\n '):
+            # (it becomes a C string literal in the program)
+            raise DatapathError(f"ebpf: bpffs must be a plain absolute path, not {self.bpffs!r}")
         if not _MAC.match(self.arp_reply_mac):
             raise DatapathError(f"ebpf: invalid ARP reply MAC {self.arp_reply_mac!r}")
         if int(self.arp_reply_mac[:2], 16) & 1:
@@ -146,6 +149,7 @@ class EbpfDatapath:
     def install(self) -> None:
         """Compile and load the program, adopt or create the pinned maps, write
         the config map, install policy routing. Filters are attached by sync."""
+        self.close()  # install twice = reload once
         _ensure_bpffs(Path(self.cfg.bpffs))
         pin_dir = self.cfg.pin_dir
         try:
@@ -224,9 +228,7 @@ class EbpfDatapath:
         with IPRoute() as ipr:
             for ifindex in sorted(self._scan_attached(ipr) | self._attached):
                 self._detach(ipr, ifindex)
-        if self._bpf is not None:
-            self._bpf.cleanup()
-            self._bpf = None
+        self.close()
         _unpin(self.cfg.pin_dir, keep_dir=False)
         self.routing.remove()
         self._attached = set()
@@ -254,6 +256,7 @@ class EbpfDatapath:
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None
+        self._tap_fd = self._bridge_fd = -1
 
     # -- compiling and loading ---------------------------------------------------
 

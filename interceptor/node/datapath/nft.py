@@ -1,4 +1,4 @@
-"""The nftables datapath for routed taps.
+"""The nftables datapath for routed and bridged taps.
 
 Two tables named after the project (``inet`` and ``netdev`` families, the
 name is configurable), a constant rule list, and per-tap state only as set
@@ -9,15 +9,18 @@ device, so it costs nothing per packet either.
 
 Per packet, from a managed tap:
 
-* netdev ingress (before the IP stack, on the tap itself):
-  ARP request for the metadata address on a *steered* tap is rewritten into a
-  reply (fixed locally administered MAC) and sent straight back out the tap
-  (``fwd to iif``); on any other managed tap it is dropped, so no host
-  ``proxy_arp`` answers it either. IP to the metadata address from a steered
-  tap is marked ``pkttype host`` (the guest addressed the fake MAC) and goes
-  on; TCP from any other managed tap is answered with a RST right here, which
-  reaches the guest even when its address is unrouted or overlaps another
-  guest's (a RST sent from the inet hook is *routed*, and is lost then).
+* netdev ingress (before the IP stack and before any bridge, on the tap
+  itself): ARP request for the metadata address on a *steered* tap (on any
+  managed tap with ``arp_when_refused``) is rewritten into a reply (fixed
+  locally administered MAC) and sent straight back out the tap (``fwd to
+  iif``); on any other managed tap it is dropped, so no host ``proxy_arp``
+  answers it either. IP to the metadata address from a steered tap is marked
+  ``pkttype host`` (the guest addressed the fake MAC) and readdressed so that
+  a bridge, if the tap is a bridge port, hands it back to the tap (see
+  bridge.py); TCP from any other managed tap is answered with a RST right
+  here, which reaches the guest even when its address is unrouted or
+  overlaps another guest's (a RST sent from the inet hook is *routed*, and is
+  lost then).
 * inet prerouting: per-tap SYN rate limit and connection limit (meters keyed
   by ifindex), then ``meta mark set iif map @vm_mark tproxy ip to
   169.254.169.254:80``: the listener lookup takes the ingress device into
@@ -42,11 +45,24 @@ the gateway is the routed network's job (an address on the tap, or
 ARP for the metadata address only, and never for anything else: answering
 every address would also answer the guests' duplicate address probes.
 
-Bridged taps are not steered here: past the bridge the IP layer sees the
-bridge as the input device, so neither the per-tap listener lookup nor
-``iif`` identity works. They stay fail-closed (their ARP and TCP to the
-metadata address are still handled at the tap's own ingress hook); the eBPF
-datapath, which acts before the bridge, is the one for bridged taps.
+Bridged taps (a tap enslaved to a Linux bridge, as libvirt does) take the
+same path: their steered frames are handed back to the tap by the bridge
+(bridge.py explains how and why), so identity is still the tap the frame
+came in on, two guests on one bridge with the same address and port still
+get separate sockets, and replies leave through the tap, not through the
+bridge's forwarding database. ``br_netfilter`` (``bridge-nf-call-iptables``
+0 or 1) makes no difference, since those frames never enter the bridge's
+hooks. The host-input filter covers what enters the IP stack on a tap; what
+a bridged guest sends to the bridge's own addresses is the bridge's (the
+operator's) business. A tap whose MAC is its bridge's MAC, or whose bridge
+port forwards the readdressed frames, is not steered (fail closed, one
+warning per tap): see :meth:`bridge.PortFacts.unsteerable`. That check runs
+at every ``sync``; a bridge that adopts a tap's MAC later (its own port with
+a lower MAC removed) is noticed at the next one.
+
+Reverse-path filtering applies to bridged taps as to routed ones (routing.py):
+strict ``rp_filter`` on a bridged tap drops its guests' packets, since the
+route to them goes through the bridge; loose (2) or off works.
 
 Not thread-safe: call all methods from one thread (the daemon's executor).
 
@@ -64,7 +80,6 @@ import shutil
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import MappingProxyType
 
 from interceptor.common.errors import DatapathError
@@ -77,6 +92,7 @@ from interceptor.node.datapath.base import (
     TapState,
     mark_for,
 )
+from interceptor.node.datapath.bridge import BYPASS_MAC, PortFacts, port_facts
 from interceptor.node.datapath.routing import DEFAULT_PREF, DEFAULT_TABLE, PolicyRouting
 
 log = logging.getLogger(__name__)
@@ -121,6 +137,10 @@ class NftConfig:
     syn_burst: int = 40
     max_connections: int = 64  # per tap, concurrent
     arp_reply_mac: str = DEFAULT_ARP_MAC
+    # Answer ARP for the metadata address on refused (unbound, disabled) taps
+    # too: an on-link guest then gets the RST at once instead of waiting ~3 s
+    # for ARP to fail. The answer tells the guest nothing.
+    arp_when_refused: bool = False
     input_allow_udp: tuple[int, ...] = ()  # e.g. (67,) when the host runs DHCP for guests
     input_allow_tcp: tuple[int, ...] = ()
     ingress_priority: int = -300
@@ -240,18 +260,20 @@ def render_ingress_chain(cfg: NftConfig, shard: int, devices: Sequence[str]) -> 
     t, md = cfg.table, cfg.metadata_address
     mac = cfg.arp_reply_mac
     devs = _quoted(devices)
+    arp_on = "" if cfg.arp_when_refused else "iif @steered "
     return f"""\
 table netdev {t} {{
   chain {shard_name(shard)} {{
     type filter hook ingress devices = {devs} priority {cfg.ingress_priority}; policy accept;
     arp htype 1 arp ptype ip arp hlen 6 arp plen 4 arp operation request \
-arp daddr ip {md} iif @steered update @cnt_arp_reply {{ iif }} \
+arp daddr ip {md} {arp_on}update @cnt_arp_reply {{ iif }} \
 ether daddr set ether saddr arp daddr ether set arp saddr ether \
 arp daddr ip set arp saddr ip ether saddr set {mac} arp saddr ether set {mac} \
 arp saddr ip set {md} arp operation set reply fwd to iif
-    arp operation reply meta pkttype host iif @steered ether daddr set 01:80:c2:00:00:02 accept
     arp daddr ip {md} drop comment "no ARP answer on an unsteered tap"
-    ip daddr {md} iif @steered meta pkttype set host ether daddr set 01:80:c2:00:00:02 accept
+    arp operation reply meta pkttype host iif @steered ether daddr set {BYPASS_MAC} \
+accept comment "to the tap, not its bridge: the host resolves guests on the tap"
+    ip daddr {md} iif @steered meta pkttype set host ether daddr set {BYPASS_MAC} accept
     ip daddr {md} meta l4proto tcp update @cnt_refused {{ iif }} reject with tcp reset
     ip daddr {md} drop
   }}
@@ -275,6 +297,7 @@ class _Applied:
 
     taps: dict[str, TapState] = field(default_factory=dict)
     shards: list[set[str]] = field(default_factory=list)  # devices per ingress shard
+    blocked: dict[str, str] = field(default_factory=dict)  # steer wanted, refused: why
 
 
 class NftDatapath:
@@ -348,14 +371,11 @@ class NftDatapath:
         for name, tap in taps.items():
             if name != tap.ifname or not _IFNAME.match(name):
                 raise DatapathError(f"nft: bad tap entry {name!r}")
-        known = self._applied.taps if self._applied else {}
-        bridged = sorted(n for n, tap in taps.items() if tap.bridge is not None and tap.steer
-                         and (n not in known or known[n].bridge != tap.bridge))
-        if bridged:  # once per tap, not on every sync
-            log.warning("nft: taps enslaved to a bridge are not steered by the nft datapath "
-                        "(they stay fail-closed; use the eBPF datapath): %s",
-                        ", ".join(bridged))
-            self._warn_br_netfilter()
+        blocked = self._unsteerable(taps)
+        warned = self._applied.blocked if self._applied else {}
+        for name, why in sorted(blocked.items()):
+            if warned.get(name) != why:  # once per tap and reason, not on every sync
+                log.warning("nft: tap %s is not steered (fail closed): %s", name, why)
         if self._applied is None:
             if not self._tables_exist():
                 raise DatapathError("nft: tables missing; install() the datapath first")
@@ -363,22 +383,40 @@ class NftDatapath:
             full = True
         else:
             full = False
-        batch, shards = self._sync_batch(taps, self._applied, full)
+        batch, shards = self._sync_batch(taps, self._applied, full, set(blocked))
         try:
             if batch:
                 self._apply(batch)
         except DatapathError:
             self._applied = None  # unknown kernel state: next sync rewrites everything
             raise
-        self._applied = _Applied(taps=dict(taps), shards=shards)
+        self._applied = _Applied(taps=dict(taps), shards=shards, blocked=blocked)
+
+    def unsteerable(self) -> dict[str, str]:
+        """Taps the last sync was asked to steer but left fail-closed, with why
+        (see bridge.py); for operators' status output and tests."""
+        return dict(self._applied.blocked) if self._applied else {}
+
+    def _unsteerable(self, taps: Mapping[str, TapState]) -> dict[str, str]:
+        """Taps meant to be steered whose frames cannot reach their listener
+        (bridge.py), by name, with the reason; from one netlink dump."""
+        wanted = {tap.ifindex: name for name, tap in taps.items() if tap.steer}
+        facts: dict[int, PortFacts] = port_facts(wanted) if wanted else {}
+        out = {}
+        for idx, name in wanted.items():
+            why = facts[idx].unsteerable() if idx in facts else None
+            if why is not None:
+                out[name] = why
+        return out
 
     def _sync_batch(self, taps: Mapping[str, TapState], old: _Applied,
-                    full: bool) -> tuple[str, list[set[str]]]:
+                    full: bool, blocked: Set[str] = frozenset()
+                    ) -> tuple[str, list[set[str]]]:
         t = self.cfg.table
         want = {tap.ifindex: tap for tap in taps.values()}
-        steer = {i for i, tap in want.items() if tap.steer and tap.bridge is None}
+        steer = {i for i, tap in want.items() if tap.steer and tap.ifname not in blocked}
         had = {tap.ifindex: tap for tap in old.taps.values()}
-        had_steer = {i for i, tap in had.items() if tap.steer and tap.bridge is None}
+        had_steer = {i for i, tap in had.items() if tap.steer and tap.ifname not in old.blocked}
         lines: list[str] = []
         if full:
             for fam, obj in (("inet", "managed"), ("inet", "vm_mark"), ("inet", "vm_zone"),
@@ -524,15 +562,6 @@ class NftDatapath:
                 if d.strip():
                     found.add(d.strip().strip('"'))
         return found
-
-    def _warn_br_netfilter(self) -> None:
-        flag = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
-        try:
-            if flag.read_text().strip() == "1":
-                log.warning("nft: br_netfilter with bridge-nf-call-iptables=1 breaks TPROXY on "
-                            "bridged taps (guests get RST); routed taps are unaffected")
-        except OSError:
-            pass
 
 
 def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:

@@ -1,0 +1,457 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * tc clsact ingress programs of the interceptor node daemon's eBPF datapath.
+ * Compiled at run time by BCC (interceptor/node/datapath/ebpf.py).
+ *
+ * `tap_ingress` runs on every managed tap, per frame coming from a guest:
+ *   ARP request for 169.254.169.254   enabled tap -> rewritten into a reply
+ *                                     and sent back out of the same tap;
+ *                                     otherwise dropped (fail closed).
+ *   TCP to 169.254.169.254:80         enabled tap -> handed to the tap's own
+ *                                     listener (bpf_sk_assign) with the tap's
+ *                                     mark, or dropped if there is none (the
+ *                                     guest's SYN retransmit recovers once the
+ *                                     daemon is back); refused tap -> answered
+ *                                     with a RST forged here and sent straight
+ *                                     back out, so the guest fails at once.
+ *   anything else to 169.254.169.254  dropped (other ports, UDP, ICMP,
+ *                                     fragments, malformed headers, VLAN).
+ *   everything else                   TC_ACT_OK, untouched.
+ *
+ * `bridge_ingress` runs on a bridge that has enabled taps: see below.
+ *
+ * Only UAPI headers are used: BCC compiles against generic distribution
+ * headers that may be older than the running kernel. Everything is read with
+ * bpf_skb_load_bytes, so non-linear skbs need no pulling for ordinary traffic.
+ *
+ * Compile-time parameters (BCC cflags):
+ *   PIN_DIR    string literal, bpffs directory holding the pinned maps.
+ *   MARK_TAG   high byte of every mark the project sets (base.py) ...
+ *   MARK_MASK  ... and its mask.
+ */
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/if_arp.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/if_packet.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/pkt_cls.h>
+#include <uapi/linux/tcp.h>
+
+#if !defined(PIN_DIR) || !defined(MARK_TAG) || !defined(MARK_MASK)
+#error "PIN_DIR, MARK_TAG and MARK_MASK must be defined by the loader"
+#endif
+
+/* 169.254.169.254, network byte order. */
+#define METADATA_ADDR bpf_htonl(0xA9FEA9FEu)
+#define METADATA_PORT 80
+#define MAX_TAPS 16384
+
+#define IP_MF 0x2000
+#define IP_OFFSET 0x1FFF
+#define IP_DF 0x4000
+
+/* Value of `enabled`: presence means "steer this tap to its listener". */
+struct steer_target {
+    __u32 mark;        /* skb->mark for steered packets (tcp_fwmark_accept) */
+    __u8 l2_dst[6];    /* non-zero: rewrite the destination MAC (bridged tap:
+                          the bridge's MAC, so the bridge passes it up) */
+    __u16 pad;
+};
+
+/* Value of `stats`, per CPU (ebpf.py reads the fields by name). */
+struct tap_stats {
+    __u64 steered;      /* TCP segments handed to the tap's socket */
+    __u64 refused;      /* TCP to :80 refused (RST sent or dropped) */
+    __u64 arp_replies;  /* ARP requests for the metadata address answered */
+    __u64 syn_limited;  /* SYNs dropped by the per-tap token bucket */
+    __u64 malformed;    /* truncated/odd headers or fragments to the address */
+    __u64 no_listener;  /* enabled tap but no socket of ours: dropped */
+    __u64 dropped;      /* other traffic to the address (UDP, ICMP, ports) */
+    __u64 arp_refused;  /* ARP for the metadata address on a refused tap */
+};
+
+/* Value of `syn_bucket`: GCRA state ("theoretical arrival time"). */
+struct syn_bucket {
+    __u64 tat_ns;
+};
+
+/* Value of `config[0]`, written by the loader. */
+struct dp_config {
+    __u8 arp_mac[6];         /* MAC the ARP replies give for 169.254.169.254 */
+    __u8 arp_when_refused;   /* 1: answer ARP on refused taps too */
+    __u8 pad;
+    __u32 pad2;
+    __u64 syn_interval_ns;   /* 1e9 / SYN rate; 0 = no limit */
+    __u64 syn_burst;         /* bucket depth in SYNs */
+};
+
+BPF_TABLE_PINNED("hash", __u32, struct steer_target, enabled, MAX_TAPS,
+                 PIN_DIR "/enabled", BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("percpu_hash", __u32, struct tap_stats, stats, MAX_TAPS,
+                 PIN_DIR "/stats", BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("hash", __u32, struct syn_bucket, syn_bucket, MAX_TAPS,
+                 PIN_DIR "/syn_bucket", BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("array", __u32, struct dp_config, config, 1, PIN_DIR "/config");
+
+/* ARP header for Ethernet/IPv4, as on the wire (28 bytes). */
+struct arp_eth_ipv4 {
+    __be16 htype;
+    __be16 ptype;
+    __u8 hlen;
+    __u8 plen;
+    __be16 op;
+    __u8 sha[6];
+    __be32 spa;
+    __u8 tha[6];
+    __be32 tpa;
+} __attribute__((packed));
+
+/* A complete RST frame, written over the start of the offending segment. */
+struct rst_frame {
+    struct ethhdr eth;
+    struct iphdr ip;
+    struct tcphdr tcp;
+} __attribute__((packed));
+
+/* Pseudo header for the TCP checksum of a 20-byte segment. */
+struct pseudo_hdr {
+    __be32 saddr;
+    __be32 daddr;
+    __u8 zero;
+    __u8 proto;
+    __be16 len;
+};
+
+static __always_inline struct tap_stats *stats_for(__u32 ifindex)
+{
+    struct tap_stats *st = stats.lookup(&ifindex);
+    if (st)
+        return st;
+    struct tap_stats zero = {};
+    stats.update(&ifindex, &zero);
+    return stats.lookup(&ifindex);
+}
+
+#define COUNT(st, field)        \
+    do {                        \
+        if (st)                 \
+            (st)->field += 1;   \
+    } while (0)
+
+static __always_inline __u16 fold_csum(__u64 sum)
+{
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    return (__u16)~sum;
+}
+
+static __always_inline int answer_arp(struct __sk_buff *skb, struct ethhdr *eth,
+                                      struct arp_eth_ipv4 *arp, const __u8 *mac)
+{
+    struct ethhdr out_eth = {};
+    struct arp_eth_ipv4 out = {};
+
+    __builtin_memcpy(out_eth.h_dest, eth->h_source, ETH_ALEN);
+    __builtin_memcpy(out_eth.h_source, mac, ETH_ALEN);
+    out_eth.h_proto = bpf_htons(ETH_P_ARP);
+
+    out.htype = bpf_htons(ARPHRD_ETHER);
+    out.ptype = bpf_htons(ETH_P_IP);
+    out.hlen = ETH_ALEN;
+    out.plen = 4;
+    out.op = bpf_htons(ARPOP_REPLY);
+    __builtin_memcpy(out.sha, mac, ETH_ALEN);
+    out.spa = METADATA_ADDR;
+    __builtin_memcpy(out.tha, arp->sha, ETH_ALEN);
+    out.tpa = arp->spa;
+
+    if (bpf_skb_store_bytes(skb, 0, &out_eth, sizeof(out_eth), 0) < 0)
+        return TC_ACT_SHOT;
+    if (bpf_skb_store_bytes(skb, sizeof(out_eth), &out, sizeof(out), 0) < 0)
+        return TC_ACT_SHOT;
+    return bpf_redirect(skb->ifindex, 0);
+}
+
+static __always_inline int handle_arp(struct __sk_buff *skb, struct ethhdr *eth)
+{
+    struct arp_eth_ipv4 arp;
+    __u32 ifindex = skb->ifindex;
+
+    if (bpf_skb_load_bytes(skb, sizeof(*eth), &arp, sizeof(arp)) < 0)
+        return TC_ACT_OK;  /* too short to be an Ethernet/IPv4 ARP: not ours */
+    if (arp.tpa != METADATA_ADDR && arp.spa != METADATA_ADDR)
+        return TC_ACT_OK;
+
+    struct tap_stats *st = stats_for(ifindex);
+    /* A guest claiming the address itself, a tagged frame, an odd
+     * hardware/protocol type, or a reply: never passed to the host. */
+    if (arp.spa == METADATA_ADDR || skb->vlan_present ||
+        arp.htype != bpf_htons(ARPHRD_ETHER) || arp.ptype != bpf_htons(ETH_P_IP) ||
+        arp.hlen != ETH_ALEN || arp.plen != 4 || arp.op != bpf_htons(ARPOP_REQUEST)) {
+        COUNT(st, malformed);
+        return TC_ACT_SHOT;
+    }
+
+    __u32 zero = 0;
+    struct dp_config *cfg = config.lookup(&zero);
+    if (!cfg)
+        return TC_ACT_SHOT;
+    if (!enabled.lookup(&ifindex) && !cfg->arp_when_refused) {
+        COUNT(st, arp_refused);
+        return TC_ACT_SHOT;
+    }
+    COUNT(st, arp_replies);
+    return answer_arp(skb, eth, &arp, cfg->arp_mac);
+}
+
+/* Turn the segment in place into the RST a closed port would send (RFC 9293
+ * 3.10.7.1) and send it straight back out of the tap: no routing involved,
+ * so it reaches guests with overlapping or unrouted addresses. */
+static __always_inline int send_rst(struct __sk_buff *skb, struct ethhdr *eth,
+                                    struct iphdr *ip, struct tcphdr *tcp)
+{
+    struct rst_frame f = {};
+    __u32 seg_len = bpf_ntohs(ip->tot_len) - ip->ihl * 4 - tcp->doff * 4;
+
+    if (tcp->rst)
+        return TC_ACT_SHOT;
+
+    __builtin_memcpy(f.eth.h_dest, eth->h_source, ETH_ALEN);
+    __builtin_memcpy(f.eth.h_source, eth->h_dest, ETH_ALEN);
+    f.eth.h_proto = bpf_htons(ETH_P_IP);
+
+    f.ip.version = 4;
+    f.ip.ihl = 5;
+    f.ip.tot_len = bpf_htons(sizeof(struct iphdr) + sizeof(struct tcphdr));
+    f.ip.frag_off = bpf_htons(IP_DF);
+    f.ip.ttl = 64;
+    f.ip.protocol = IPPROTO_TCP;
+    f.ip.saddr = ip->daddr;
+    f.ip.daddr = ip->saddr;
+
+    f.tcp.source = tcp->dest;
+    f.tcp.dest = tcp->source;
+    f.tcp.doff = 5;
+    f.tcp.rst = 1;
+    if (tcp->ack) {
+        f.tcp.seq = tcp->ack_seq;
+    } else {
+        f.tcp.ack = 1;
+        f.tcp.ack_seq = bpf_htonl(bpf_ntohl(tcp->seq) + seg_len + tcp->syn + tcp->fin);
+    }
+
+    __s64 sum = bpf_csum_diff(0, 0, (__be32 *)&f.ip, sizeof(f.ip), 0);
+    if (sum < 0)
+        return TC_ACT_SHOT;
+    f.ip.check = fold_csum(sum);
+
+    struct pseudo_hdr ph = {
+        .saddr = f.ip.saddr,
+        .daddr = f.ip.daddr,
+        .proto = IPPROTO_TCP,
+        .len = bpf_htons(sizeof(struct tcphdr)),
+    };
+    sum = bpf_csum_diff(0, 0, (__be32 *)&ph, sizeof(ph), 0);
+    if (sum < 0)
+        return TC_ACT_SHOT;
+    sum = bpf_csum_diff(0, 0, (__be32 *)&f.tcp, sizeof(f.tcp), sum);
+    if (sum < 0)
+        return TC_ACT_SHOT;
+    f.tcp.check = fold_csum(sum);
+
+    if (bpf_skb_change_tail(skb, sizeof(f), 0) < 0)
+        return TC_ACT_SHOT;
+    if (bpf_skb_store_bytes(skb, 0, &f, sizeof(f), 0) < 0)
+        return TC_ACT_SHOT;
+    return bpf_redirect(skb->ifindex, 0);
+}
+
+/* GCRA token bucket: true if this SYN may pass. Lock-free; concurrent SYNs
+ * on two CPUs may both pass, which only makes the limit slightly loose. */
+static __always_inline int syn_allowed(__u32 ifindex, struct dp_config *cfg)
+{
+    __u64 interval = cfg->syn_interval_ns;
+    if (!interval)
+        return 1;
+    __u64 now = bpf_ktime_get_ns();
+    struct syn_bucket *b = syn_bucket.lookup(&ifindex);
+    if (!b) {
+        struct syn_bucket fresh = {.tat_ns = now};
+        syn_bucket.update(&ifindex, &fresh);
+        b = syn_bucket.lookup(&ifindex);
+        if (!b)
+            return 1;
+    }
+    __u64 tat = b->tat_ns > now ? b->tat_ns : now;
+    __u64 next = tat + interval;
+    if (next - now > interval * cfg->syn_burst)
+        return 0;
+    b->tat_ns = next;
+    return 1;
+}
+
+static __always_inline int has_l2_dst(struct steer_target *tgt)
+{
+    return tgt->l2_dst[0] | tgt->l2_dst[1] | tgt->l2_dst[2] | tgt->l2_dst[3] |
+           tgt->l2_dst[4] | tgt->l2_dst[5];
+}
+
+/* Assign the segment to the socket of its 4-tuple on this device: the
+ * established (or request, or time-wait) socket, else the listener. It must
+ * be bound to 169.254.169.254:80 on this very device, so a wildcard listener
+ * of some host service is never chosen. Returns 0 when one was found. */
+static __always_inline int assign_own_socket(struct __sk_buff *skb, struct iphdr *ip,
+                                             struct tcphdr *tcp)
+{
+    struct bpf_sock_tuple tuple = {};
+    tuple.ipv4.saddr = ip->saddr;
+    tuple.ipv4.daddr = ip->daddr;
+    tuple.ipv4.sport = tcp->source;
+    tuple.ipv4.dport = tcp->dest;
+
+    struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &tuple, sizeof(tuple.ipv4),
+                                             BPF_F_CURRENT_NETNS, 0);
+    if (!sk)
+        return -1;
+    int ours = sk->src_ip4 == METADATA_ADDR && sk->src_port == METADATA_PORT &&
+               sk->bound_dev_if == skb->ifindex;
+    /* Should the assignment itself fail, the stack's own lookup finds the
+     * same socket: it is the most specific match for this device. */
+    if (ours)
+        bpf_sk_assign(skb, sk, 0);
+    bpf_sk_release(sk);
+    return ours ? 0 : -1;
+}
+
+/* Steer a segment from an enabled tap. A routed tap's socket is bound to the
+ * tap itself. On a bridged tap the IP stack sees the bridge as the ingress
+ * device (and drops a socket assigned here), so the frame is readdressed to
+ * the bridge and `bridge_ingress` assigns the bridge's socket. */
+static __always_inline int steer(struct __sk_buff *skb, struct iphdr *ip, struct tcphdr *tcp,
+                                 struct steer_target *tgt, struct tap_stats *st)
+{
+    if (has_l2_dst(tgt)) {
+        if (bpf_skb_store_bytes(skb, 0, tgt->l2_dst, ETH_ALEN, 0) < 0)
+            return TC_ACT_SHOT;
+    } else if (assign_own_socket(skb, ip, tcp) < 0) {
+        COUNT(st, no_listener);
+        return TC_ACT_SHOT;  /* daemon down: the guest's SYN retransmit recovers */
+    }
+    skb->mark = tgt->mark;
+    /* The ARP reply gave a MAC that is not the device's: without this the
+     * stack drops the frame as PACKET_OTHERHOST. */
+    bpf_skb_change_type(skb, PACKET_HOST);
+    COUNT(st, steered);
+    return TC_ACT_OK;
+}
+
+static __always_inline int handle_ipv4(struct __sk_buff *skb, struct ethhdr *eth)
+{
+    struct iphdr ip;
+    __u32 ifindex = skb->ifindex;
+
+    if (bpf_skb_load_bytes(skb, sizeof(*eth), &ip, sizeof(ip)) < 0) {
+        /* Cannot even see the destination: the stack would drop it too. */
+        struct tap_stats *st = stats_for(ifindex);
+        COUNT(st, malformed);
+        return TC_ACT_SHOT;
+    }
+    if (ip.daddr != METADATA_ADDR)
+        return TC_ACT_OK;
+
+    struct tap_stats *st = stats_for(ifindex);
+    if (skb->vlan_present) {
+        COUNT(st, dropped);
+        return TC_ACT_SHOT;
+    }
+    __u32 ihl = ip.ihl * 4;
+    if (ip.version != 4 || ihl < sizeof(ip) || bpf_ntohs(ip.tot_len) < ihl) {
+        COUNT(st, malformed);
+        return TC_ACT_SHOT;
+    }
+    /* Metadata requests are tiny: any fragment is malformed or hostile. */
+    if (ip.frag_off & bpf_htons(IP_MF | IP_OFFSET)) {
+        COUNT(st, malformed);
+        return TC_ACT_SHOT;
+    }
+    if (ip.protocol != IPPROTO_TCP) {
+        COUNT(st, dropped);
+        return TC_ACT_SHOT;
+    }
+
+    struct tcphdr tcp;
+    /* ihl is at most 60: constant-bounded offset for the verifier. */
+    if (bpf_skb_load_bytes(skb, sizeof(*eth) + (ihl & 0x3f), &tcp, sizeof(tcp)) < 0 ||
+        tcp.doff < 5 || bpf_ntohs(ip.tot_len) < ihl + tcp.doff * 4) {
+        COUNT(st, malformed);
+        return TC_ACT_SHOT;
+    }
+    if (tcp.dest != bpf_htons(METADATA_PORT)) {
+        COUNT(st, dropped);
+        return TC_ACT_SHOT;
+    }
+
+    struct steer_target *tgt = enabled.lookup(&ifindex);
+    if (!tgt) {
+        COUNT(st, refused);
+        /* A RST needs a plain header to rewrite; with IP options, drop. */
+        if (ihl != sizeof(ip))
+            return TC_ACT_SHOT;
+        return send_rst(skb, eth, &ip, &tcp);
+    }
+
+    if (tcp.syn && !tcp.ack) {
+        __u32 zero = 0;
+        struct dp_config *cfg = config.lookup(&zero);
+        if (cfg && !syn_allowed(ifindex, cfg)) {
+            COUNT(st, syn_limited);
+            return TC_ACT_SHOT;
+        }
+    }
+    return steer(skb, &ip, &tcp, tgt, st);
+}
+
+int tap_ingress(struct __sk_buff *skb)
+{
+    struct ethhdr eth;
+
+    if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0)
+        return TC_ACT_OK;  /* runt: not addressed to anything we own */
+    if (eth.h_proto == bpf_htons(ETH_P_ARP))
+        return handle_arp(skb, &eth);
+    if (eth.h_proto == bpf_htons(ETH_P_IP))
+        return handle_ipv4(skb, &eth);
+    return TC_ACT_OK;
+}
+
+/* Ingress of a bridge with enabled taps: only frames a port program marked
+ * (TCP to 169.254.169.254:80 from an enabled tap) are touched. They go to the
+ * bridge's own listener or nowhere. Identity is the mark (low 24 bits: the
+ * tap's ifindex), which the accepted socket inherits with
+ * net.ipv4.tcp_fwmark_accept=1. */
+int bridge_ingress(struct __sk_buff *skb)
+{
+    if ((skb->mark & MARK_MASK) != MARK_TAG)
+        return TC_ACT_OK;
+
+    struct iphdr ip;
+    struct tcphdr tcp;
+    __be16 proto;
+    if (bpf_skb_load_bytes(skb, 12, &proto, sizeof(proto)) < 0 ||
+        proto != bpf_htons(ETH_P_IP) ||
+        bpf_skb_load_bytes(skb, sizeof(struct ethhdr), &ip, sizeof(ip)) < 0 ||
+        ip.daddr != METADATA_ADDR || ip.protocol != IPPROTO_TCP ||
+        bpf_skb_load_bytes(skb, sizeof(struct ethhdr) + ((ip.ihl * 4) & 0x3f), &tcp,
+                           sizeof(tcp)) < 0 ||
+        tcp.dest != bpf_htons(METADATA_PORT))
+        return TC_ACT_OK;  /* someone else's mark */
+
+    if (assign_own_socket(skb, &ip, &tcp) == 0)
+        return TC_ACT_OK;
+    __u32 tap = skb->mark & ~MARK_MASK;
+    struct tap_stats *st = stats_for(tap);
+    COUNT(st, no_listener);
+    return TC_ACT_SHOT;
+}
