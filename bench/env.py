@@ -110,7 +110,9 @@ def lift_syn_limit(bench: Bench) -> bool:
     pinned config map. The limit is not configurable in NodeConfig (see
     README). True when the limit is off."""
     if bench.stack.datapath == "ebpf":
-        return _lift_ebpf(f"{bench.stack.pin_dir}/config")
+        # The daemon's bpffs is in its own mount namespace (ip netns exec
+        # remounts /sys): reach the pin through the process's root.
+        return _lift_ebpf(f"/proc/{bench.node_pid}/root{bench.stack.pin_dir}/config")
     listing = sh(["nft", "-a", "list", "chain", "inet", "interceptor", "steer"],
                  netns=bench.topo.node).stdout
     removed = False

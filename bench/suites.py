@@ -157,7 +157,8 @@ def _latency_row(mode: str, guests: int, node: LoadResult, floor: LoadResult) ->
     return Row(
         f"latency at 1,000 req/s, {mode}, {guests} guests (nft)",
         f"p50 {s['p50_ms']:.2f} / p99 {s['p99_ms']:.2f} / max {s['max_ms']:.1f} ms "
-        f"at {s['achieved_rps']:.0f} req/s; nginx same load: p99 {f['p99_ms']:.2f} ms"
+        f"(from connect: p99 {s['service_p99_ms']:.2f}) at {s['achieved_rps']:.0f} "
+        f"req/s; nginx, same generator and load: p99 {f['p99_ms']:.2f} ms"
         + ("" if clean else f"; {s['errors']:.0f} errors, {s['dropped']:.0f} dropped"),
         "p99 <= 5 ms", verdict(s["p99_ms"] <= 5.0 and clean),
         {"node": s, "nginx": f, "node_errors": dict(node.errors)})

@@ -53,7 +53,7 @@ def _nft(config: NodeConfig) -> Datapath:
         table=config.nft_table, route_table=config.route_table,
         rule_pref=config.rule_priority, metadata_address=config.metadata_address,
         metadata_port=config.metadata_port, listen_port=config.metadata_port,
-        patterns=tuple(config.tap_patterns),
+        patterns=tuple(config.tap_patterns), arp_when_refused=True,
         input_allow_udp=tuple(int(p) for p in config.host_allow_udp),
         input_allow_tcp=tuple(int(p) for p in config.host_allow_tcp)))
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from pyroute2 import IPRoute
 
-from tests.bpf.lab import LINKS, PacketLab, private_netns
+from tests.bpf.lab import LINKS, PacketLab, private_netns, routed_node
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +26,7 @@ def lab() -> Iterator[PacketLab]:
             ifindex["br"] = int(ipr.link_lookup(ifname="br")[0])
             for link in (*LINKS, "br"):
                 ipr.link("set", index=ifindex[link], state="up")
+        routed_node(name, ifindex)
         lab = PacketLab(name, ifindex)
         try:
             yield lab

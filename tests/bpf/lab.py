@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,8 +21,18 @@ from pyroute2 import netns
 from interceptor.node.datapath.base import TapState
 from interceptor.node.datapath.ebpf import EbpfConfig, EbpfDatapath
 
-# Host ends of veth pairs made in the private namespace.
-LINKS = ("ena", "enb", "rate", "off", "brp")
+# Host ends of veth pairs made in the private namespace ("up" is the node's
+# uplink, never a tap).
+LINKS = ("ena", "enb", "rate", "off", "brp", "up")
+
+# Addresses of the routed "node" the lab namespace plays (see routed_node).
+GATEWAY = "10.0.0.1"  # on every tap, /32, as a routed-tap host has it
+HOST_LL = "fe80::1"  # the node's IPv6 link-local address on every tap
+UPLINK_ADDR = "192.0.2.1"
+UPLINK_ADDR6 = "2001:db8:f::1"
+LOOPBACK_ADDR = "203.0.113.9"  # a host address on lo
+FORWARDED = "198.51.100.10"  # beyond the default route: forwarded
+FORWARDED6 = "2001:db8:99::10"
 
 
 def unique(prefix: str = "t") -> str:
@@ -64,3 +75,25 @@ def private_netns() -> Iterator[str]:
             netns.popns()
     finally:
         netns.remove(name)
+
+
+def routed_node(netns_name: str, ifindex: dict[str, int]) -> None:
+    """Make the namespace a routing node: forwarding on, the gateway address
+    on every tap, an uplink with a default route, an address on lo. The
+    routes need no neighbours: bpf_fib_lookup reports a forward either way."""
+    cmds = [
+        "sysctl -qw net.ipv4.conf.all.forwarding=1",
+        "sysctl -qw net.ipv6.conf.all.forwarding=1",
+        f"ip addr add {UPLINK_ADDR}/24 dev up",
+        f"ip addr add {UPLINK_ADDR6}/64 dev up nodad",
+        f"ip addr add {LOOPBACK_ADDR}/32 dev lo",
+        "ip route add default via 192.0.2.254 dev up",
+        "ip -6 route add default via 2001:db8:f::fe dev up",
+    ]
+    for link in ifindex:
+        if link not in ("up", "br"):
+            cmds += [f"ip addr add {GATEWAY}/32 dev {link}",
+                     f"ip addr add {HOST_LL}/64 dev {link} nodad"]
+    for cmd in cmds:
+        subprocess.run(["ip", "netns", "exec", netns_name, *cmd.split()], check=True,
+                       capture_output=True, timeout=10)

@@ -21,7 +21,7 @@ from interceptor.node.datapath.base import METADATA_ADDRESS, mark_for
 from interceptor.node.datapath.ebpf import DEFAULT_ARP_MAC, EbpfDatapath
 from interceptor.node.datapath.ebpf_syscall import ProgRunResult, prog_test_run
 from interceptor.node.datapath.listeners import open_tap_listener
-from tests.bpf.lab import PacketLab
+from tests.bpf.lab import FORWARDED, GATEWAY, PacketLab
 
 pytestmark = pytest.mark.root
 
@@ -316,11 +316,12 @@ def test_short_ethernet_and_other_protocols_pass(lab: PacketLab, dp: EbpfDatapat
 def test_ordinary_guest_traffic_passes_untouched(lab: PacketLab, dp: EbpfDatapath,
                                                  link: str) -> None:
     frames = [
-        Ether(src=GUEST_MAC, dst="02:00:00:00:00:01") / IP(src=GUEST_IP, dst="10.0.0.1")
+        Ether(src=GUEST_MAC, dst="02:00:00:00:00:01") / IP(src=GUEST_IP, dst=FORWARDED)
         / TCP(sport=1234, dport=80, flags="S"),
         Ether(src=GUEST_MAC, dst="02:00:00:00:00:01") / IP(src=GUEST_IP, dst="169.254.169.253")
         / UDP(sport=68, dport=67),
-        Ether(src=GUEST_MAC, dst="02:00:00:00:00:01") / IP(src=MD, dst="10.0.0.1") / ICMP(),
+        Ether(src=GUEST_MAC, dst="02:00:00:00:00:01") / IP(src=MD, dst=FORWARDED) / ICMP(),
+        Ether(src=GUEST_MAC, dst="02:00:00:00:00:01") / IP(src=MD, dst=GATEWAY) / ICMP(),
     ]
     before = counts(dp, link)
     for frame in frames:

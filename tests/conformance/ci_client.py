@@ -23,7 +23,7 @@ METADATA_URL = "http://169.254.169.254"
 
 def setup_logging() -> None:
     logging.basicConfig(stream=sys.stderr, level=logging.DEBUG,
-                        format="%(name)s %(levelname)s %(message)s")
+                        format="%(name)s %(levelname)s %(message)s", force=True)
 
 
 def environment(tmp: str) -> tuple[Any, Any]:

@@ -1,6 +1,6 @@
 """cloud-init's EC2 datasource crawl, as its ``init`` stage runs it.
 
-    /usr/bin/python3 crawl_ec2.py token|tokenless
+    /usr/bin/python3 crawl_ec2.py token|tokenless [MAX_WAIT]
 
 ``token``: the datasource believes it runs on AWS, so it PUTs
 ``latest/api/token`` first and sends ``X-aws-ec2-metadata-token`` with every
@@ -19,11 +19,11 @@ from ci_client import METADATA_URL, b64, emit, environment, setup_logging, tempd
 from cloudinit.sources import DataSourceEc2
 
 
-def main(mode: str) -> None:
+def main(mode: str, max_wait: int) -> None:
     setup_logging()
     with tempdir() as tmp:
         paths, distro = environment(tmp)
-        sys_cfg = {"datasource": {"Ec2": {"metadata_urls": [METADATA_URL], "max_wait": 10,
+        sys_cfg = {"datasource": {"Ec2": {"metadata_urls": [METADATA_URL], "max_wait": max_wait,
                                           "timeout": 3, "strict_id": "warn"}}}
         ds = DataSourceEc2.DataSourceEc2(sys_cfg, distro, paths)
         ds._cloud_name = (DataSourceEc2.CloudNames.AWS if mode == "token"
@@ -57,4 +57,4 @@ def main(mode: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 10)

@@ -24,6 +24,8 @@ from typing import Any
 import pytest
 
 from tests.conformance.support import (
+    HERE,
+    SYSTEM_PYTHON,
     api_network_facts,
     api_parts,
     client_parts,
@@ -237,3 +239,37 @@ def test_nocloud_net_seed(world: World) -> None:
     assert v1_facts(result["network_config"]) == api_network_facts(doc)
     mac = doc["network"]["interfaces"][0]["mac"]
     assert [i["mac"] for i in result["network_state"]["interfaces"].values()] == [mac]
+
+
+@pytest.mark.parametrize("action", ["403", "reset"])
+def test_ec2_crawl_of_a_disabled_vm_fails_fast_with_nothing(topology: Topology,
+                                                            action: str) -> None:
+    """Metadata disabled for the VM: with ``disabled_action = "403"`` cloud-init's
+    IMDSv2 token PUT gets a 403 and it gives up at once (as on AWS); with
+    ``reset`` every connection is refused and it gives up after its own
+    ``max_wait``. Either way it learns nothing."""
+    with product(topology, datapath="nft", node_options={"disabled_action": action}) as stack:
+        guest = topology.add_guest(ip="10.21.0.5/24")
+        stack.put_server("i-ci-off", hostname="ci-off", ifname=guest.tap,
+                         user_data=[{"name": "user", "content_type": "text/plain",
+                                     "data": _b64(SINGLE)}])
+        _wait_served(guest)
+        status, body = stack.api("PATCH", "/v1/servers/i-ci-off", {"metadata_enabled": False})
+        assert status == 200, body
+        deadline = time.monotonic() + 5
+        while get(guest, "/latest/meta-data/instance-id", max_time=1.0)[0] == 200:
+            assert time.monotonic() < deadline, "still served after the toggle"
+            time.sleep(0.05)
+        started = time.monotonic()
+        r = guest.run([SYSTEM_PYTHON, str(HERE / "crawl_ec2.py"), "token", "3"], timeout=60)
+        elapsed = time.monotonic() - started
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert result == {"ok": False}
+    assert "i-ci-off" not in r.stderr and "ci-off" not in r.stdout
+    print(f"\ncloud-init EC2 crawl of a disabled VM ({action}) gave up after {elapsed:.2f}s")
+    if action == "403":
+        assert "returned a 403 error" in r.stderr, r.stderr[-3000:]
+        assert elapsed < 3.0, elapsed
+    else:
+        assert elapsed < 3.0 + 5.0, elapsed  # its max_wait (3 s) plus start-up

@@ -279,10 +279,10 @@ def test_unbound_tap_fails_fast_and_gets_no_arp(topology: Topology, node: Any,
     gw = topology.add_guest(route="gateway", kind=kind)
     onlink = topology.add_guest()
     steer(node, bound, unbound=(gw, onlink))
-    start = time.monotonic()
     proc = gw.curl(MD, max_time=3)
     assert proc.returncode == 7, proc.stderr  # connection refused
-    assert time.monotonic() - start < FAST_S + 0.5
+    # curl's own clock: the wall time of `ip netns exec` grows with the
+    # number of namespaces on the machine (other tests' too).
     assert body_and_time(proc)[2] < FAST_S
     # On-link guest of an unbound tap: nobody answers ARP for the address.
     proc = onlink.curl(MD, max_time=1)
@@ -611,11 +611,9 @@ def test_arp_when_refused_makes_unbound_onlink_guests_fail_fast(topology: Topolo
     bound = topology.add_guest(bridge=bridge)
     onlink = topology.add_guest(bridge=bridge, ip="10.0.0.3/24")
     steer_bridged(node, bound, unbound=(onlink,))
-    start = time.monotonic()
     proc = onlink.curl(MD, max_time=3)
     assert proc.returncode == 7, proc.stderr  # connection refused, not a timeout
-    assert time.monotonic() - start < FAST_S + 0.5
-    assert body_and_time(proc)[2] < FAST_S
+    assert body_and_time(proc)[2] < FAST_S  # curl's clock (without: ~3 s for ARP to fail)
     assert "02:a9:fe:a9:fe:00" in onlink.run(["ip", "neigh"]).stdout
     counters = node.call("counters")[onlink.tap]
     assert counters["arp_replies"] >= 1 and counters["refused_packets"] >= 1

@@ -316,8 +316,8 @@ def test_toggle_off_refuses_within_1s_and_on_serves_again(
                                                                       tap=guest.tap)
         else:
             counter = "interceptor_node_vm_refusals_total"
-            refusals = metric(after, counter, instance="i-tog", reason="disabled") - \
-                metric(before, counter, instance="i-tog", reason="disabled")
+            refusals = metric(after, counter, instance_id="i-tog", reason="disabled") - \
+                metric(before, counter, instance_id="i-tog", reason="disabled")
         assert refusals >= len(refused["probes"]), (counter, refusals)
 
         started = time.monotonic()
@@ -418,6 +418,11 @@ def test_password_post_survives_backend_restart(nft_stack: ProductStack) -> None
     _wait_served(guest, "i-pw")
     secret = "encrypted-password-blob-" + "x" * 64
     assert _guest(guest, "POST", "/openstack/latest/password", "y" * 1021) == 413
+    stack.stop_backend()  # a POST during an outage fails, it is never kept locally
+    try:
+        assert _guest(guest, "POST", "/openstack/latest/password", "lost") == 503
+    finally:
+        stack.start_backend()
     assert _guest(guest, "POST", "/openstack/latest/password", secret) == 200
     assert get(guest, "/openstack/latest/password")[:2] == (200, secret)
     stack.restart_backend()

@@ -245,3 +245,16 @@ def test_metrics_count_guest_requests(stack: ProductStack) -> None:
     assert sum(float(ln.rsplit(" ", 1)[1]) for ln in lines) >= 6, text[:2000]
     assert json.loads(sh(["curl", "-s", "http://127.0.0.1:9100/readyz"],
                          netns=stack.netns).stdout)["ready"] is True
+
+
+@pytest.mark.parametrize("route", ["onlink", "gateway"])
+def test_bridged_taps_each_get_their_own(stack: ProductStack, route: str) -> None:
+    """Taps enslaved to a Linux bridge (as libvirt does): identity is still the tap."""
+    bridge = stack.topo.add_bridge()
+    g1 = stack.topo.add_guest(ip="10.8.0.2/24", route=route, gateway="10.8.0.1", bridge=bridge)
+    g2 = stack.topo.add_guest(ip="10.8.0.3/24", route=route, gateway="10.8.0.1", bridge=bridge)
+    stack.create_instance("i-e2e-br1", hostname="br1", ifname=g1.tap)
+    stack.create_instance("i-e2e-br2", hostname="br2", ifname=g2.tap)
+    assert _wait_served(g1) == (200, "i-e2e-br1")
+    assert _wait_served(g2) == (200, "i-e2e-br2")
+    assert get(g1, "/latest/meta-data/hostname")[:2] == (200, "br1")

@@ -199,6 +199,17 @@ def test_boot_storm_costs_one_document_fetch_per_instance(topology: Topology) ->
     assert misses == count
 
 
+def _wait_served(guest: Guest, iid: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    seen: tuple[int, str] = (0, "")
+    while time.monotonic() < deadline:
+        seen = get(guest, "/latest/meta-data/instance-id", max_time=2.0)[:2]
+        if seen == (200, iid):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{iid} not served within {timeout}s; last answer {seen}")
+
+
 def _get_headers(guest: Guest, path: str) -> tuple[int, dict[str, str], str]:
     r = guest.run(["curl", "-sS", "-i", "--max-time", "3", f"http://169.254.169.254{path}"],
                   timeout=8)
@@ -221,10 +232,7 @@ def test_backend_outage_warm_guests_never_fail(topology: Topology) -> None:
         ids = _create_many(stack, [*warm, cold], "out")
         stack.wait_listeners(len(ids))
         for guest, iid in zip(warm, ids, strict=False):
-            deadline = time.monotonic() + 10
-            while get(guest, "/latest/meta-data/instance-id")[:2] != (200, iid):
-                assert time.monotonic() < deadline, f"{iid} not served"
-                time.sleep(0.1)
+            _wait_served(guest, iid)
         paths = json.dumps(CRAWL_PATHS[:20])
         loads = [_client(g, "loop", paths, "0.02") for g in warm]
         for proc in loads:
@@ -273,3 +281,39 @@ def test_backend_outage_warm_guests_never_fail(topology: Topology) -> None:
     assert not failures, failures[:10]
     assert total > 100
     assert stale > 0
+
+
+def test_stale_if_error_is_bounded(topology: Topology) -> None:
+    """Stale documents are served for ``stale_if_error`` seconds past their TTL,
+    then the guest gets 503 + Retry-After; the node recovers by itself."""
+    ttl, stale = 1.0, 2.0
+    with product(topology, datapath="nft",
+                 node_options={"cache_ttl": ttl, "stale_if_error": stale}) as stack:
+        guest = topology.add_guest(ip="10.42.0.2/24")
+        (iid,) = _create_many(stack, [guest], "bound")
+        stack.wait_listeners(1)
+        _wait_served(guest, iid)
+        stack.stop_backend()
+        stopped = time.monotonic()
+        timeline: list[tuple[float, int]] = []
+        while time.monotonic() - stopped < ttl + stale + 3.0:
+            status = get(guest, "/latest/meta-data/instance-id", max_time=2.0)[0]
+            timeline.append((time.monotonic() - stopped, status))
+            if status == 503:
+                break
+            time.sleep(0.1)
+        status, headers, _ = _get_headers(guest, "/latest/meta-data/instance-id")
+        stack.start_backend()
+        back = time.monotonic()
+        while get(guest, "/latest/meta-data/instance-id", max_time=2.0)[:2] != (200, iid):
+            assert time.monotonic() - back < 10, "not served again after the backend returned"
+            time.sleep(0.1)
+        recovered = time.monotonic() - back
+    first_503 = next((t for t, s in timeline if s == 503), None)
+    print(f"\nstale-if-error (ttl {ttl}s + {stale}s): stale 200s until "
+          f"{max(t for t, s in timeline if s == 200):.2f}s, first 503 at "
+          f"{first_503}s after the stop; served again {recovered:.2f}s after the return")
+    assert first_503 is not None, timeline
+    assert all(s == 200 for t, s in timeline if s != 503), timeline
+    assert ttl + stale - 0.5 <= first_503 <= ttl + stale + 1.5, timeline
+    assert status == 503 and int(headers.get("retry-after", "0")) > 0

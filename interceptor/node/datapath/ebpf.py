@@ -11,6 +11,15 @@ maps keyed by ifindex, pinned under ``<bpffs>/interceptor/<instance>/``:
 * ``stats``      ifindex -> per-CPU counters (read by ``counters``).
 * ``syn_bucket`` ifindex -> per-tap SYN token bucket state.
 * ``config``     the ARP reply MAC, SYN rate and burst.
+* ``bridge_ports`` ifindex -> 1 for taps enslaved to a bridge (no host filter).
+* ``host_allow`` (protocol << 16 | port) -> 1: ports on the node guests may use.
+
+Host services: whatever a routed tap's guest sends that the node would
+deliver to itself (decided by the kernel's own ``bpf_fib_lookup`` from the
+tap: any local, broadcast or multicast address, loopback, IPv6 link-local)
+is dropped, except ICMP/ICMPv6, replies on connections the host opened, and
+``input_allow_udp``/``input_allow_tcp`` ports, as the nft datapath's input
+chain does. Counted as ``host_input_dropped``.
 
 Restart: tc holds the programs and bpffs the maps, so guests keep working
 while the daemon is away (an enabled tap's ARP is still answered, a refused
@@ -56,7 +65,7 @@ log = logging.getLogger(__name__)
 SOURCE_NAME = "tap_ingress.c"
 TAP_FUNCTION = "tap_ingress"
 BRIDGE_FUNCTION = "bridge_ingress"
-MAP_NAMES = ("enabled", "stats", "syn_bucket", "config")
+MAP_NAMES = ("enabled", "stats", "syn_bucket", "config", "bridge_ports", "host_allow")
 INGRESS_PARENT = 0xFFFFFFF2  # clsact ingress ("ffff:fff2")
 EGRESS_PARENT = 0xFFFFFFF3
 FILTER_HANDLE = 1
@@ -73,7 +82,10 @@ STAT_FIELDS: dict[str, str] = {
     "no_listener": "no_listener",
     "dropped": "unsteered_dropped",
     "arp_refused": "arp_refused",
+    "host_input": "host_input_dropped",  # same name as the nft datapath's counter
 }
+IPPROTO_TCP = 6
+IPPROTO_UDP = 17
 
 _INSTANCE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
@@ -90,6 +102,10 @@ class EbpfConfig:
     arp_when_refused: bool = False  # answer ARP on refused taps too (then RST, not timeout)
     syn_rate_per_s: int = 20  # per tap; 0 = no limit
     syn_burst: int = 40
+    # Ports on the node itself that guests may reach (any of its addresses),
+    # e.g. (67,) when the host runs their DHCP; as in NftConfig.
+    input_allow_udp: tuple[int, ...] = ()
+    input_allow_tcp: tuple[int, ...] = ()
     tc_prio: int = 77  # fixed filter priority: replace, never duplicate
     route_table: int = DEFAULT_TABLE
     rule_pref: int = DEFAULT_PREF
@@ -106,6 +122,9 @@ class EbpfConfig:
             raise DatapathError(f"ebpf: ARP reply MAC {self.arp_reply_mac} is multicast")
         if self.syn_rate_per_s < 0 or self.syn_burst < 1:
             raise DatapathError("ebpf: syn_rate_per_s must be >= 0 and syn_burst >= 1")
+        for port in (*self.input_allow_udp, *self.input_allow_tcp):
+            if not 0 < port < 0x10000:
+                raise DatapathError(f"ebpf: port {port} out of range")
         if not 0 < self.tc_prio < 0x10000:
             raise DatapathError(f"ebpf: tc_prio {self.tc_prio} must be in 1..65535")
 
@@ -323,6 +342,19 @@ class EbpfDatapath:
         leaf.syn_interval_ns = 1_000_000_000 // rate if rate else 0
         leaf.syn_burst = self.cfg.syn_burst
         table[key] = leaf
+        self._write_host_allow()
+
+    def _write_host_allow(self) -> None:
+        """Make the allow-list map equal the configuration (an adopted map may
+        hold an earlier run's ports)."""
+        table = self._table("host_allow")
+        want = {(IPPROTO_UDP << 16) | p for p in self.cfg.input_allow_udp}
+        want |= {(IPPROTO_TCP << 16) | p for p in self.cfg.input_allow_tcp}
+        for key in [int(k.value) for k in table]:
+            if key not in want:
+                _delete(table, table.Key(key))
+        for key in sorted(want):
+            table[table.Key(key)] = table.Leaf(1)
 
     # -- map entries ---------------------------------------------------------------
 
@@ -365,6 +397,14 @@ class EbpfDatapath:
             leaf.mark = mark
             leaf.l2_dst = (ctypes.c_ubyte * 6)(*l2)
             enabled[enabled.Key(ifindex)] = leaf
+        # Bridge ports: the host input filter leaves their frames alone.
+        ports = self._table("bridge_ports")
+        want_ports = {tap.ifindex for tap in taps.values() if tap.bridge}
+        have_ports = {int(k.value) for k in ports}
+        for ifindex in have_ports - want_ports:
+            _delete(ports, ports.Key(ifindex))
+        for ifindex in want_ports - have_ports:
+            ports[ports.Key(ifindex)] = ports.Leaf(1)
         # Counters and buckets of taps that are gone (their ifindex never returns).
         keep = {tap.ifindex for tap in taps.values()}
         for name in ("stats", "syn_bucket"):

@@ -72,6 +72,7 @@ class ProgRunResult:
     retval: int
     data: bytes
     mark: int
+    duration_ns: int = 0  # mean run time per repetition, as the kernel measured it
 
 
 def _bpf(cmd: int, attr: ctypes.Structure) -> int:
@@ -108,10 +109,11 @@ def pinned_map_info(path: str) -> MapInfo:
 
 
 def prog_test_run(prog_fd: int, frame: bytes, *, ifindex: int = 0, mark: int = 0,
-                  out_size: int = 4096) -> ProgRunResult:
-    """Run a tc program once on ``frame`` (Ethernet first) as if it arrived on
-    ``ifindex`` (must exist in the calling thread's network namespace; 0 = lo).
-    Returns the action, the frame as the program left it and ``skb->mark``."""
+                  out_size: int = 4096, repeat: int = 1) -> ProgRunResult:
+    """Run a tc program on ``frame`` (Ethernet first) as if it arrived on
+    ``ifindex`` (must exist in the calling thread's network namespace; 0 = lo),
+    ``repeat`` times on a fresh copy each (for timing). Returns the action, the
+    frame as the program left it, ``skb->mark`` and the mean run time."""
     ctx_in = ctypes.create_string_buffer(SKB_CTX_SIZE)
     ctx_out = ctypes.create_string_buffer(SKB_CTX_SIZE)
     ctypes.c_uint32.from_buffer(ctx_in, _SKB_MARK_OFF).value = mark
@@ -120,8 +122,9 @@ def prog_test_run(prog_fd: int, frame: bytes, *, ifindex: int = 0, mark: int = 0
     data_out = ctypes.create_string_buffer(out_size)
     attr = _TestAttr(prog_fd=prog_fd, data_size_in=len(frame), data_size_out=out_size,
                      data_in=ctypes.addressof(data_in), data_out=ctypes.addressof(data_out),
-                     repeat=1, ctx_size_in=SKB_CTX_SIZE, ctx_size_out=SKB_CTX_SIZE,
+                     repeat=repeat, ctx_size_in=SKB_CTX_SIZE, ctx_size_out=SKB_CTX_SIZE,
                      ctx_in=ctypes.addressof(ctx_in), ctx_out=ctypes.addressof(ctx_out))
     _bpf(BPF_PROG_TEST_RUN, attr)
     return ProgRunResult(retval=attr.retval, data=data_out.raw[:attr.data_size_out],
-                         mark=ctypes.c_uint32.from_buffer(ctx_out, _SKB_MARK_OFF).value)
+                         mark=ctypes.c_uint32.from_buffer(ctx_out, _SKB_MARK_OFF).value,
+                         duration_ns=attr.duration)

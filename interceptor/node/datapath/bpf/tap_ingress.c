@@ -16,7 +16,12 @@
  *                                     back out, so the guest fails at once.
  *   anything else to 169.254.169.254  dropped (other ports, UDP, ICMP,
  *                                     fragments, malformed headers, VLAN).
- *   everything else                   TC_ACT_OK, untouched.
+ *   IPv4/IPv6 the node would deliver  host input filter (see host_input
+ *   to itself                         below): dropped unless ICMP/ICMPv6
+ *                                     (ND included), a reply on a connection
+ *                                     the host opened, or to an allowed port;
+ *                                     not applied on bridged taps.
+ *   everything else                   TC_ACT_OK, untouched (forwarded).
  *
  * `bridge_ingress` runs on a bridge that has enabled taps: see below.
  *
@@ -35,6 +40,7 @@
 #include <uapi/linux/if_packet.h>
 #include <uapi/linux/in.h>
 #include <uapi/linux/ip.h>
+#include <uapi/linux/ipv6.h>
 #include <uapi/linux/pkt_cls.h>
 #include <uapi/linux/tcp.h>
 
@@ -46,6 +52,15 @@
 #define METADATA_ADDR bpf_htonl(0xA9FEA9FEu)
 #define METADATA_PORT 80
 #define MAX_TAPS 16384
+
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+#ifndef AF_INET6
+#define AF_INET6 10
+#endif
+#define MAX_ALLOWED_PORTS 1024
+#define IPV6_EXT_MAX 4      /* extension headers walked before giving up */
 
 #define IP_MF 0x2000
 #define IP_OFFSET 0x1FFF
@@ -69,6 +84,7 @@ struct tap_stats {
     __u64 no_listener;  /* enabled tap but no socket of ours: dropped */
     __u64 dropped;      /* other traffic to the address (UDP, ICMP, ports) */
     __u64 arp_refused;  /* ARP for the metadata address on a refused tap */
+    __u64 host_input;   /* to the node itself, not allowed: dropped */
 };
 
 /* Value of `syn_bucket`: GCRA state ("theoretical arrival time"). */
@@ -93,6 +109,15 @@ BPF_TABLE_PINNED("percpu_hash", __u32, struct tap_stats, stats, MAX_TAPS,
 BPF_TABLE_PINNED("hash", __u32, struct syn_bucket, syn_bucket, MAX_TAPS,
                  PIN_DIR "/syn_bucket", BPF_F_NO_PREALLOC);
 BPF_TABLE_PINNED("array", __u32, struct dp_config, config, 1, PIN_DIR "/config");
+/* Taps that are ports of a Linux bridge (ifindex -> 1): their frames are
+ * switched, never routed by the tap's own IP stack, so the host input filter
+ * does not apply (as in the nft datapath, whose input hook sees the bridge,
+ * not the tap). */
+BPF_TABLE_PINNED("hash", __u32, __u8, bridge_ports, MAX_TAPS, PIN_DIR "/bridge_ports",
+                 BPF_F_NO_PREALLOC);
+/* Ports the node serves its guests (DHCP, DNS ...): key allow_key(), value 1. */
+BPF_TABLE_PINNED("hash", __u32, __u8, host_allow, MAX_ALLOWED_PORTS, PIN_DIR "/host_allow",
+                 BPF_F_NO_PREALLOC);
 
 /* ARP header for Ethernet/IPv4, as on the wire (28 bytes). */
 struct arp_eth_ipv4 {
@@ -347,6 +372,178 @@ static __always_inline int steer(struct __sk_buff *skb, struct iphdr *ip, struct
     return TC_ACT_OK;
 }
 
+/* ---- host input filter ---------------------------------------------------
+ *
+ * Guests must not reach services of the node through it, on any address the
+ * node owns (the tap's, other interfaces', loopback, broadcast, multicast),
+ * except what the nft datapath's input chain lets through as well: ICMP and
+ * ICMPv6 (so ND works), replies on connections the host opened, and the
+ * configured UDP/TCP ports. "Would the node deliver this to itself?" is
+ * answered by the kernel's own routing decision, bpf_fib_lookup with the tap
+ * as ingress device and the full rule set: a fixed cost per packet, whatever
+ * the number of taps. Its answers, checked on 6.18:
+ *   NOT_FWDED     a local or broadcast route, no route at all, and (IPv6)
+ *                 any link-local or multicast source or destination;
+ *   FWD_DISABLED  forwarding is off on the tap: only local delivery remains;
+ *   anything else the stack forwards the packet or drops it itself.
+ * Both "not forwarded" answers are treated as host input: either the node
+ * takes the packet, or the stack would drop it anyway. IPv4 limited
+ * broadcast and multicast are delivered locally without being a route the
+ * lookup reports, so they are host input by address.
+ */
+
+#define ALLOW_KEY(proto, port) (((__u32)(proto) << 16) | (port))
+
+static __always_inline int fib_says_host(struct __sk_buff *skb, struct bpf_fib_lookup *p)
+{
+    p->ifindex = skb->ifindex;
+    long rc = bpf_fib_lookup(skb, p, sizeof(*p), 0);
+    if (rc < 0)
+        return 1;  /* cannot tell: fail closed */
+    return rc == BPF_FIB_LKUP_RET_NOT_FWDED || rc == BPF_FIB_LKUP_RET_FWD_DISABLED;
+}
+
+static __always_inline int port_allowed(__u8 proto, __be16 dport)
+{
+    __u32 key = ALLOW_KEY(proto, bpf_ntohs(dport));
+    return host_allow.lookup(&key) != 0;
+}
+
+/* A reply on a connection the host opened (or one a guest opened to an
+ * allowed port): a TCP socket of this exact 4-tuple that is not a listener,
+ * or a UDP socket connected to the sender. */
+static __always_inline int host_connection(struct __sk_buff *skb, __u8 proto,
+                                           struct bpf_sock_tuple *tuple, __u32 len)
+{
+    if (proto == IPPROTO_TCP) {
+        struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, tuple, len, BPF_F_CURRENT_NETNS, 0);
+        if (!sk)
+            return 0;
+        int established = sk->state != BPF_TCP_LISTEN;
+        bpf_sk_release(sk);
+        return established;
+    }
+    struct bpf_sock *sk = bpf_sk_lookup_udp(skb, tuple, len, BPF_F_CURRENT_NETNS, 0);
+    if (!sk)
+        return 0;
+    int connected = sk->dst_port != 0;
+    bpf_sk_release(sk);
+    return connected;
+}
+
+/* Verdict for a packet the node would deliver to itself. `l4off` is where
+ * the transport header starts; `tuple` has the addresses filled in. */
+static __always_inline int host_verdict(struct __sk_buff *skb, __u8 proto, __u32 l4off,
+                                        __u32 l4end, struct bpf_sock_tuple *tuple,
+                                        __u32 tuple_len, __be16 *sport, __be16 *dport)
+{
+    if (proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6)
+        return TC_ACT_OK;
+    if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) {
+        __be16 ports[2];
+        if (l4off + sizeof(ports) <= l4end &&
+            bpf_skb_load_bytes(skb, l4off, ports, sizeof(ports)) == 0) {
+            if (port_allowed(proto, ports[1]))
+                return TC_ACT_OK;
+            *sport = ports[0];
+            *dport = ports[1];
+            if (host_connection(skb, proto, tuple, tuple_len))
+                return TC_ACT_OK;
+        }
+    }
+    struct tap_stats *st = stats_for(skb->ifindex);
+    COUNT(st, host_input);
+    return TC_ACT_SHOT;
+}
+
+static __always_inline int is_bridge_port(__u32 ifindex)
+{
+    return bridge_ports.lookup(&ifindex) != 0;
+}
+
+static __always_inline int ipv4_host_input(struct __sk_buff *skb, struct iphdr *ip)
+{
+    __u32 ihl = ip->ihl * 4;
+    if (ip->version != 4 || ihl < sizeof(*ip) || bpf_ntohs(ip->tot_len) < ihl)
+        return TC_ACT_OK;  /* the stack drops a bad header itself */
+    /* A later fragment reaches no socket without its first fragment, which
+     * is judged here like a whole datagram. */
+    if (ip->frag_off & bpf_htons(IP_OFFSET))
+        return TC_ACT_OK;
+
+    __u32 daddr = bpf_ntohl(ip->daddr);
+    int host = daddr == 0xFFFFFFFFu || (daddr & 0xF0000000u) == 0xE0000000u ||
+               (daddr & 0xFF000000u) == 0;
+    if (!host) {
+        struct bpf_fib_lookup p = {};
+        p.family = AF_INET;
+        p.tos = ip->tos;
+        p.l4_protocol = ip->protocol;
+        p.ipv4_src = ip->saddr;
+        p.ipv4_dst = ip->daddr;
+        host = fib_says_host(skb, &p);
+    }
+    if (!host || is_bridge_port(skb->ifindex))
+        return TC_ACT_OK;
+
+    struct bpf_sock_tuple tuple = {};
+    tuple.ipv4.saddr = ip->saddr;
+    tuple.ipv4.daddr = ip->daddr;
+    return host_verdict(skb, ip->protocol, sizeof(struct ethhdr) + (ihl & 0x3f),
+                        sizeof(struct ethhdr) + bpf_ntohs(ip->tot_len), &tuple,
+                        sizeof(tuple.ipv4), &tuple.ipv4.sport, &tuple.ipv4.dport);
+}
+
+/* IPv6 extension header, as far as skipping it needs. */
+struct ipv6_ext {
+    __u8 nexthdr;
+    __u8 len;        /* in 8-octet units, not counting the first 8 */
+    __be16 frag_off; /* fragment header only: offset << 3 | flags */
+};
+
+static __always_inline int handle_ipv6(struct __sk_buff *skb)
+{
+    struct ipv6hdr ip6;
+    if (bpf_skb_load_bytes(skb, sizeof(struct ethhdr), &ip6, sizeof(ip6)) < 0 ||
+        ip6.version != 6)
+        return TC_ACT_OK;  /* the stack drops it itself */
+
+    struct bpf_fib_lookup p = {};
+    p.family = AF_INET6;
+    p.l4_protocol = ip6.nexthdr;
+    __builtin_memcpy(p.ipv6_src, &ip6.saddr, sizeof(p.ipv6_src));
+    __builtin_memcpy(p.ipv6_dst, &ip6.daddr, sizeof(p.ipv6_dst));
+    if (!fib_says_host(skb, &p) || is_bridge_port(skb->ifindex))
+        return TC_ACT_OK;
+
+    __u8 proto = ip6.nexthdr;
+    __u32 off = sizeof(struct ethhdr) + sizeof(ip6);
+    __u32 end = off + bpf_ntohs(ip6.payload_len);
+#pragma unroll
+    for (int i = 0; i < IPV6_EXT_MAX; i++) {
+        if (proto != IPPROTO_HOPOPTS && proto != IPPROTO_ROUTING &&
+            proto != IPPROTO_DSTOPTS && proto != IPPROTO_FRAGMENT)
+            break;
+        struct ipv6_ext ext;
+        if (bpf_skb_load_bytes(skb, off, &ext, sizeof(ext)) < 0)
+            break;  /* truncated: judged (and dropped) below */
+        if (proto == IPPROTO_FRAGMENT) {
+            if (ext.frag_off & bpf_htons(0xFFF8))
+                return TC_ACT_OK;  /* a later fragment: see ipv4_host_input */
+            off += 8;
+        } else {
+            off += (ext.len + 1) * 8;
+        }
+        proto = ext.nexthdr;
+    }
+
+    struct bpf_sock_tuple tuple = {};
+    __builtin_memcpy(tuple.ipv6.saddr, &ip6.saddr, sizeof(tuple.ipv6.saddr));
+    __builtin_memcpy(tuple.ipv6.daddr, &ip6.daddr, sizeof(tuple.ipv6.daddr));
+    return host_verdict(skb, proto, off, end, &tuple, sizeof(tuple.ipv6),
+                        &tuple.ipv6.sport, &tuple.ipv6.dport);
+}
+
 static __always_inline int handle_ipv4(struct __sk_buff *skb, struct ethhdr *eth)
 {
     struct iphdr ip;
@@ -359,7 +556,7 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb, struct ethhdr *eth
         return TC_ACT_SHOT;
     }
     if (ip.daddr != METADATA_ADDR)
-        return TC_ACT_OK;
+        return ipv4_host_input(skb, &ip);
 
     struct tap_stats *st = stats_for(ifindex);
     if (skb->vlan_present) {
@@ -423,6 +620,8 @@ int tap_ingress(struct __sk_buff *skb)
         return handle_arp(skb, &eth);
     if (eth.h_proto == bpf_htons(ETH_P_IP))
         return handle_ipv4(skb, &eth);
+    if (eth.h_proto == bpf_htons(ETH_P_IPV6))
+        return handle_ipv6(skb);
     return TC_ACT_OK;
 }
 
