@@ -27,6 +27,12 @@ class FleetGuest:
     netns: str
     tap: str
     ip: str
+    mac: str
+
+
+def guest_mac(index: int) -> str:
+    n = index + 1
+    return f"02:42:00:{(n >> 16) & 255:02x}:{(n >> 8) & 255:02x}:{n & 255:02x}"
 
 
 def guest_ip(index: int) -> str:
@@ -65,9 +71,16 @@ class Fleet:
     def add(self, count: int, *, static_neighbour: bool = False, link: bool = True,
             local_address: bool = False) -> list[FleetGuest]:
         """Make ``count`` more guests. ``link=False`` makes only the guest
-        namespaces (wire them later with ``wire``)."""
+        namespaces (wire them later with ``wire``).
+
+        ``static_neighbour`` gives both ends permanent neighbour entries (the
+        guest's for 169.254.169.254, the node's for the guest address on its
+        tap). Needed from a few hundred guests on: the kernel's ARP table is
+        one table for all namespaces, and past ``gc_thresh3`` (1,024 by
+        default) dynamic entries fail ("neighbor table overflow") and
+        packets are dropped; permanent entries are not counted."""
         start = len(self.guests)
-        new = [FleetGuest(self.netns_name(i), self.tap_name(i), guest_ip(i))
+        new = [FleetGuest(self.netns_name(i), self.tap_name(i), guest_ip(i), guest_mac(i))
                for i in range(start, start + count)]
         _batch(f"netns add {g.netns}" for g in new)
         self._namespaces += [g.netns for g in new]
@@ -85,8 +98,11 @@ class Fleet:
         baseline: a plain server on the node answers there, no interception)."""
         lines = []
         for g in guests:
-            lines.append(f"link add {g.tap} type veth peer name eth0 netns {g.netns}")
+            lines.append(f"link add {g.tap} type veth peer name eth0 netns {g.netns} "
+                         f"address {g.mac}")
             lines.append(f"link set {g.tap} up")
+            if static_neighbour:
+                lines.append(f"neigh replace {g.ip} lladdr {g.mac} dev {g.tap} nud permanent")
             if local_address:
                 lines.append(f"addr add 169.254.169.254/32 dev {g.tap}")
                 lines.append(f"route add {g.ip}/32 dev {g.tap}")

@@ -52,20 +52,34 @@ class LoadResult:
 
 
 class _Pools:
-    """Idle keep-alive sockets per guest."""
+    """Keep-alive sockets per guest, at most ``per_guest`` open per guest (below
+    the datapath's per-tap connection limit of 64, so a stall of the server
+    shows as latency, not as connections the limit drops)."""
 
-    def __init__(self, client: LeanClient) -> None:
+    def __init__(self, client: LeanClient, per_guest: int = 32) -> None:
         self._client = client
         self._idle: dict[str, list[socket.socket]] = collections.defaultdict(list)
+        self._slots: dict[str, asyncio.Semaphore] = collections.defaultdict(
+            lambda: asyncio.Semaphore(per_guest))
 
     async def take(self, netns: str) -> socket.socket:
+        await self._slots[netns].acquire()
         idle = self._idle[netns]
         if idle:
             return idle.pop()
-        return await self._client.connect(netns)
+        try:
+            return await self._client.connect(netns)
+        except BaseException:
+            self._slots[netns].release()
+            raise
 
     def give(self, netns: str, sock: socket.socket) -> None:
         self._idle[netns].append(sock)
+        self._slots[netns].release()
+
+    def discard(self, netns: str, sock: socket.socket) -> None:
+        sock.close()
+        self._slots[netns].release()
 
     def close(self) -> None:
         for socks in self._idle.values():
@@ -92,15 +106,14 @@ async def fixed_rate(ns: Namespaces, guests: Sequence[str], path: str, *, rate: 
             async with asyncio.timeout(timeout):
                 sock = await (pools.take(netns) if keepalive else client.connect(netns))
                 status, body = await client.request(sock, close=not keepalive)
-        except TimeoutError:
-            result.errors["timeout"] += 1
+        except (TimeoutError, OSError, HttpError, ValueError) as exc:
+            result.errors["timeout" if isinstance(exc, TimeoutError)
+                          else type(exc).__name__] += 1
             if sock is not None:
-                sock.close()
-            return
-        except (OSError, HttpError, ValueError) as exc:
-            result.errors[type(exc).__name__] += 1
-            if sock is not None:
-                sock.close()
+                if keepalive:
+                    pools.discard(netns, sock)
+                else:
+                    sock.close()
             return
         done = loop.time()
         if keepalive:

@@ -14,8 +14,10 @@ Decisions, from what cloud-init's NoCloud source does:
   guest would take from ``vendor_data.json``/``vendor_data2.json``; empty
   when there are none; several become one multipart document.
 * ``network-config`` is version 1 (read by every cloud-init that reads the
-  file, and what the serial channel speaks); ``network.network_config_v2``
-  exists for callers who want version 2. With no interfaces it is 404 (no
+  file, and what the serial channel speaks). The same seed under
+  ``/nocloud/v2/`` (``s=http://169.254.169.254/nocloud/v2/``) serves it as
+  version 2 (netplan style), for images that prefer it. With no
+  interfaces it is 404 (no
   file on a seed ISO), so the guest keeps its fallback (DHCP on the first
   NIC) instead of an empty configuration that would leave it offline.
 """
@@ -30,7 +32,7 @@ import yaml
 from interceptor.formats import userdata
 from interceptor.formats.document import InstanceDocument, JSONValue
 from interceptor.formats.facts import interfaces_of, key_entries
-from interceptor.formats.network import network_config_v1
+from interceptor.formats.network import network_config_v1, network_config_v2
 from interceptor.formats.rendered import NOT_FOUND, OCTETS, YAML, Rendered, listing
 
 FILES: tuple[str, ...] = ("meta-data", "user-data", "vendor-data", "network-config")
@@ -95,7 +97,11 @@ def vendor_data(doc: InstanceDocument) -> bytes:
 
 
 def render(doc: InstanceDocument, segments: Sequence[str]) -> Rendered:
-    """``segments`` follow ``nocloud``: ``()`` lists the files."""
+    """``segments`` follow ``nocloud``: ``()`` lists the files; a leading
+    ``v2`` selects network-config version 2 for the same seed."""
+    network_version = 1
+    if segments and segments[0] == "v2":
+        network_version, segments = 2, segments[1:]
     if not segments:
         return listing(list(FILES))
     if len(segments) != 1:
@@ -108,5 +114,6 @@ def render(doc: InstanceDocument, segments: Sequence[str]) -> Rendered:
     if name == "vendor-data":
         return Rendered(200, vendor_data(doc), OCTETS)
     if name == "network-config" and interfaces_of(doc):
-        return Rendered(200, yaml_bytes(network_config_v1(doc)), YAML)
+        config = network_config_v2(doc) if network_version == 2 else network_config_v1(doc)
+        return Rendered(200, yaml_bytes(config), YAML)
     return NOT_FOUND

@@ -25,7 +25,7 @@ from interceptor.node.datapath.links import Links, LinkWatcher
 from interceptor.node.desired_state import Binding, Link
 from interceptor.node.guest_api import GuestApi, GuestApiSettings
 from interceptor.node.http_server import GuestHttpServer
-from interceptor.node.limits import RateLimiter
+from interceptor.node.limits import HttpLimits, RateLimiter
 from interceptor.node.metrics import NodeMetrics
 from interceptor.node.operator import OperatorState, datapath_metrics, operator_app
 from interceptor.node.taps import TapManager
@@ -42,7 +42,8 @@ def make_datapath(config: NodeConfig) -> Datapath:
 
         return EbpfDatapath(EbpfConfig(
             instance=config.bpf_instance, route_table=config.route_table,
-            rule_pref=config.rule_priority, arp_when_refused=True))
+            rule_pref=config.rule_priority, arp_when_refused=True,
+            syn_rate_per_s=config.syn_rate, syn_burst=config.syn_burst))
     return _nft(config)
 
 
@@ -54,6 +55,8 @@ def _nft(config: NodeConfig) -> Datapath:
         rule_pref=config.rule_priority, metadata_address=config.metadata_address,
         metadata_port=config.metadata_port, listen_port=config.metadata_port,
         patterns=tuple(config.tap_patterns), arp_when_refused=True,
+        syn_rate_per_s=config.syn_rate, syn_burst=config.syn_burst,
+        max_connections=config.max_connections,
         input_allow_udp=tuple(int(p) for p in config.host_allow_udp),
         input_allow_tcp=tuple(int(p) for p in config.host_allow_tcp)))
 
@@ -93,9 +96,12 @@ class NodeDaemon:
             stack.push_async_callback(cache.close)
             api = GuestApi(cache, TokenIssuer(cfg.token_secret), client, render_path,
                            rate_limiter=RateLimiter(cfg.rate_limit, cfg.rate_burst),
-                           settings=GuestApiSettings(token_hop_limit=cfg.token_hop_limit),
+                           settings=GuestApiSettings(token_hop_limit=cfg.token_hop_limit,
+                                                     disabled_action=cfg.disabled_action),
                            metrics=self.metrics)
-            server = GuestHttpServer(api.handle, metrics=self.metrics)
+            server = GuestHttpServer(
+                api.handle, metrics=self.metrics,
+                limits=HttpLimits(max_connections_per_tap=cfg.max_connections))
             stack.push_async_callback(server.close)
             stack.push_async_callback(server.shutdown, cfg.shutdown_grace)
 

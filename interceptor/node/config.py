@@ -33,6 +33,9 @@ class NodeConfig:
     host_allow_udp: list[str] = opt(
         [], "UDP ports guests may reach on this host (e.g. 67 when it runs their DHCP)")
     host_allow_tcp: list[str] = opt([], "TCP ports guests may reach on this host")
+    syn_rate: int = opt(20, "new connections per second per tap the datapath admits")
+    syn_burst: int = opt(40, "burst of the per-tap connection rate")
+    max_connections: int = opt(64, "concurrent connections per tap")
     rate_limit: float = opt(200.0, "requests per second per VM before 429")
     rate_burst: int = opt(400, "burst of the per-VM request rate limit")
     reconcile_interval: float = opt(30.0, "seconds between full reconciles")
@@ -68,6 +71,8 @@ class NodeConfig:
             for port in getattr(self, name):
                 if not port.isdigit() or not 0 < int(port) < 65536:
                     raise ConfigError(f"config: {name}: {port!r} is not a port number")
+        if self.syn_rate < 1 or self.syn_burst < 1 or self.max_connections < 1:
+            raise ConfigError("config: syn_rate, syn_burst and max_connections must be >= 1")
         if self.cache_ttl <= 0 or self.stale_if_error < 0:
             raise ConfigError("config: cache_ttl must be > 0 and stale_if_error >= 0")
 

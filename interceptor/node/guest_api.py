@@ -23,7 +23,8 @@ Statuses (every one is covered by tests):
   (not only EC2: the point of the mode is that a request forger inside the
   guest cannot read user-data by another path).
 * Metadata disabled for the instance (document ``metadata_enabled`` false)
-  → 403 for everything, and the connection is closed.
+  → 403 for everything and the connection is closed (``disabled_action``
+  "403"), or the connection is reset without a byte ("reset", the default).
 * No usable document (backend unreachable past stale-if-error, or the
   instance is not bound here) → 503 with ``Retry-After``.
 * Per-VM request rate over the limit → 429 with ``Retry-After``.
@@ -109,6 +110,10 @@ class GuestApiSettings:
     """``Retry-After`` seconds of a 503."""
     longpoll_default: float = 60.0
     longpoll_max: float = 300.0
+    disabled_action: str = "reset"
+    """A disabled VM: "reset" (no byte, like the datapath) or "403". In reset mode
+    the datapath refuses the VM; the proxy resets too, for the few milliseconds
+    between a toggle reaching the cache and reaching the datapath."""
 
 
 class _Refused(Exception):
@@ -150,7 +155,9 @@ class GuestApi:
         self._unavailable = _text(503, "Service Unavailable", retry)
         self._unauthorized = _text(401, "Unauthorized")
         self._forbidden = _text(403, "Forbidden")
-        self._disabled = _text(403, "Forbidden", close=True)
+        self._disabled = (_text(403, "Forbidden", close=True)
+                          if self.settings.disabled_action == "403"
+                          else Response(403, reset=True))
         self._bad_request = _text(400, "Bad Request")
         self._read_only = _text(405, "Method Not Allowed", (("Allow", _READ_ALLOW),))
         self._token_only = _text(405, "Method Not Allowed", (("Allow", "PUT"),))

@@ -101,18 +101,22 @@ class Response:
     are always sent (except for 204/304, which have no body); ``headers``
     are extra ``(name, value)`` pairs. ``ip_ttl`` sends this response (and
     anything after it on the connection until it is acknowledged) with that
-    IP TTL. ``close`` ends the connection after the response.
+    IP TTL. ``close`` ends the connection after the response. ``reset``
+    sends nothing at all: the connection is reset (RST), as if the datapath
+    had refused it.
 
     A Response may be reused for many requests (the guest API memoizes
     them): its serialized head is computed once and cached.
     """
 
-    __slots__ = ("_head", "body", "close", "content_type", "headers", "ip_ttl", "status")
+    __slots__ = ("_head", "body", "close", "content_type", "headers", "ip_ttl", "reset",
+                 "status")
 
     def __init__(self, status: int, body: bytes = b"", content_type: str = TEXT_PLAIN,
                  headers: Iterable[tuple[str, str]] = (), *, ip_ttl: int | None = None,
-                 close: bool = False) -> None:
+                 close: bool = False, reset: bool = False) -> None:
         self.status = status
+        self.reset = reset
         self.body = body
         self.content_type = content_type
         self.headers = tuple(headers)
@@ -560,6 +564,13 @@ class _GuestConnection:
             self._process()
 
     def _respond(self, request: Request, response: Response) -> None:
+        if response.reset:
+            # SO_LINGER 0: close() sends an RST and no byte of a response.
+            with contextlib.suppress(OSError):
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                      struct.pack("ii", 1, 0))
+            self.abort()
+            return
         keep = (request.keep_alive and not response.close and not self._eof
                 and not self._server._draining)
         if response.ip_ttl is not None:

@@ -141,7 +141,7 @@ def test_other_protocols_to_the_node_are_dropped(lab: PacketLab, dp: EbpfDatapat
 
 
 def test_ip_options_do_not_hide_the_port(lab: PacketLab, allowing: EbpfDatapath) -> None:
-    opts = {"options": [b"\x01\x01\x01\x00"]}
+    opts: dict[str, Any] = {"options": [b"\x01\x01\x01\x00"]}
     assert_untouched(allowing, lab, "ena", v4(GATEWAY, TCP(dport=53, flags="S"), **opts))
     assert_dropped(allowing, lab, "ena", v4(GATEWAY, TCP(dport=54, flags="S"), **opts))
 
@@ -226,6 +226,9 @@ def test_reply_on_host_tcp_connection_passes(lab: PacketLab, dp: EbpfDatapath,
     # Seen from LOOPBACK_ADDR:7300's established socket, GATEWAY:cport is the peer.
     ack = v4(LOOPBACK_ADDR, TCP(sport=cport, dport=7300, flags="A"), src=GATEWAY)
     assert_untouched(dp, lab, "ena", ack)
+    # A pure SYN on that 4-tuple is no reply (it could reopen a TIME-WAIT one).
+    assert_dropped(dp, lab, "ena", v4(LOOPBACK_ADDR, TCP(sport=cport, dport=7300, flags="S"),
+                                      src=GATEWAY))
     # The same service's listener is not a connection of the host's.
     assert_dropped(dp, lab, "ena", v4(LOOPBACK_ADDR, TCP(sport=cport + 1, dport=7300,
                                                          flags="S"), src=GATEWAY))

@@ -96,6 +96,24 @@ def test_network_config_v1_parses_with_cloud_init(any_doc: InstanceDocument) -> 
     assert names == {i["name"] for i in any_doc["network"]["interfaces"]}
 
 
+def test_network_config_v2_seed_parses_with_cloud_init(any_doc: InstanceDocument) -> None:
+    from cloudinit.net import network_state
+
+    result = render_path(any_doc, "/nocloud/v2/network-config")
+    if not any_doc["network"]["interfaces"]:
+        assert result.status == 404
+        return
+    config = util.load_yaml(result.body)
+    assert config["version"] == 2
+    state = network_state.parse_net_config_data(config, skip_broken=False)
+    assert {i["name"] for i in state.iter_interfaces()} >= {
+        i["name"] for i in any_doc["network"]["interfaces"]}
+    # The rest of the v2 seed is the same seed.
+    for name in ("meta-data", "user-data", "vendor-data"):
+        assert render_path(any_doc, f"/nocloud/v2/{name}") == render_path(
+            any_doc, f"/nocloud/{name}")
+
+
 def test_meta_data_survives_hostile_strings(load_doc: Callable[[str], InstanceDocument]) -> None:
     doc = load_doc("hostile")
     doc["hostname"] = "yes"  # YAML 1.1 would read a bare yes as True

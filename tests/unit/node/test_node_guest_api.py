@@ -29,7 +29,8 @@ TAP = TapIdentity("tap0", 5, IID)
 
 
 class Env:
-    def __init__(self, source: FakeSource, *, rate: float = 0.0, burst: int = 10) -> None:
+    def __init__(self, source: FakeSource, *, rate: float = 0.0, burst: int = 10,
+                 disabled_action: str = "403") -> None:
         self.source = source
         self.clock = FakeClock()
         self.token_clock = FakeClock(1_700_000_000.0)
@@ -39,7 +40,8 @@ class Env:
         self.writer = FakeWriter()
         self.api = GuestApi(self.cache, self.tokens, self.writer, render_path,
                             rate_limiter=RateLimiter(rate, burst, clock=self.clock),
-                            settings=GuestApiSettings(token_hop_limit=1, retry_after=7),
+                            settings=GuestApiSettings(token_hop_limit=1, retry_after=7,
+                                                      disabled_action=disabled_action),
                             metrics=self.metrics)
 
     async def call(self, method: str, path: str, headers: dict[str, str] | None = None,
@@ -205,6 +207,15 @@ async def test_disabled_is_403_for_everything(source: FakeSource) -> None:
     assert env.writer.calls == []
 
 
+async def test_disabled_in_reset_mode_sends_no_byte(source: FakeSource) -> None:
+    env = Env(with_doc(source, metadata_enabled=False), disabled_action="reset")
+    for method, path in [("GET", "/latest/meta-data/instance-id"), ("GET", "/metadata"),
+                         ("PUT", "/latest/api/token")]:
+        r = await env.call(method, path, {"X-aws-ec2-metadata-token-ttl-seconds": "60"})
+        assert r.reset, (method, path)
+    assert env.writer.calls == []
+
+
 async def test_no_document_and_backend_down_is_503(source: FakeSource) -> None:
     source.error = BackendUnavailable("down")
     env = Env(source)
@@ -235,7 +246,7 @@ async def test_rate_limit_per_vm(source: FakeSource) -> None:
     env.clock.advance(1.0)
     assert (await env.call("GET", "/")).status == 200
     text = env.metrics.render().decode()
-    assert f'interceptor_node_vm_refusals_total{{instance="{IID}",reason="rate_limited"}} 3.0' \
+    assert f'interceptor_node_vm_refusals_total{{instance_id="{IID}",reason="rate_limited"}} 3.0' \
         in text
 
 

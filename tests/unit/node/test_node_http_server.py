@@ -38,6 +38,8 @@ class Recorder:
             return self._slow(request)
         if request.path == "/ttl":
             return Response(200, b"token", ip_ttl=1)
+        if request.path == "/reset":
+            return Response(403, b"never sent", reset=True)
         body = f"{identity.instance_id} {request.method} {request.path} {request.query} " \
                f"{len(request.body)}".encode()
         return Response(200, body, headers=(("ETag", '"e1"'),))
@@ -251,6 +253,17 @@ async def test_garbage_closes_silently(served: Served, data: bytes) -> None:
     await c.send(data)
     assert await c.closed()
     assert served.handler.seen == []
+
+
+async def test_reset_response_sends_no_byte(served: Served) -> None:
+    c = await Client.connect(served.port)
+    await c.send(b"GET /reset HTTP/1.1\r\nHost: x\r\n\r\n")
+    with pytest.raises(ConnectionResetError):
+        await asyncio.wait_for(c.reader.read(65536), IO_TIMEOUT)
+    c.close()
+    reply, other = await request(served.port, b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert reply.status == 200
+    other.close()
 
 
 async def test_garbage_does_not_affect_other_connections(served: Served) -> None:

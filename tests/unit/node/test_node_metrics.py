@@ -23,12 +23,12 @@ def test_forget_instance_removes_series() -> None:
     m.observe_vm_refusal("i-1", "rate_limited")
     m.observe_vm_refusal("i-1", "token_expired")
     text = m.render().decode()
-    assert 'instance="i-1"' in text and 'instance="i-2"' in text
+    assert 'instance_id="i-1"' in text and 'instance_id="i-2"' in text
     m.forget_instance("i-1")
     text = m.render().decode()
-    assert 'instance="i-1"' not in text and 'instance="i-2"' in text
+    assert 'instance_id="i-1"' not in text and 'instance_id="i-2"' in text
     m.observe_vm_request("i-1")  # comes back cleanly
-    assert 'interceptor_node_vm_requests_total{instance="i-1"} 1.0' in m.render().decode()
+    assert 'interceptor_node_vm_requests_total{instance_id="i-1"} 1.0' in m.render().decode()
 
 
 def test_register_collector_and_build_info() -> None:

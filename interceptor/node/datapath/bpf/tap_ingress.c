@@ -380,19 +380,23 @@ static __always_inline int steer(struct __sk_buff *skb, struct iphdr *ip, struct
  * ICMPv6 (so ND works), replies on connections the host opened, and the
  * configured UDP/TCP ports. "Would the node deliver this to itself?" is
  * answered by the kernel's own routing decision, bpf_fib_lookup with the tap
- * as ingress device and the full rule set: a fixed cost per packet, whatever
- * the number of taps. Its answers, checked on 6.18:
+ * as ingress device and the full rule set (not BPF_FIB_LOOKUP_DIRECT, which
+ * reads the main table only and so misses the local one): a fixed cost per
+ * packet, whatever the number of taps. Its answers, checked on 6.18:
  *   NOT_FWDED     a local or broadcast route, no route at all, and (IPv6)
  *                 any link-local or multicast source or destination;
  *   FWD_DISABLED  forwarding is off on the tap: only local delivery remains;
  *   anything else the stack forwards the packet or drops it itself.
  * Both "not forwarded" answers are treated as host input: either the node
- * takes the packet, or the stack would drop it anyway. IPv4 limited
+ * takes the packet, or the stack would drop it anyway (for "no route" the
+ * guest then misses the ICMP unreachable the node would send). IPv4 limited
  * broadcast and multicast are delivered locally without being a route the
  * lookup reports, so they are host input by address.
  */
 
 #define ALLOW_KEY(proto, port) (((__u32)(proto) << 16) | (port))
+#define TCP_FLAG_SYN_BYTE 0x02  /* in byte 13 of the TCP header */
+#define TCP_FLAG_ACK_BYTE 0x10
 
 static __always_inline int fib_says_host(struct __sk_buff *skb, struct bpf_fib_lookup *p)
 {
@@ -411,11 +415,17 @@ static __always_inline int port_allowed(__u8 proto, __be16 dport)
 
 /* A reply on a connection the host opened (or one a guest opened to an
  * allowed port): a TCP socket of this exact 4-tuple that is not a listener,
- * or a UDP socket connected to the sender. */
-static __always_inline int host_connection(struct __sk_buff *skb, __u8 proto,
+ * or a UDP socket connected to the sender. A pure SYN never qualifies: no
+ * reply is one, and a SYN that meets a TIME-WAIT socket may open a new
+ * connection to a listener. */
+static __always_inline int host_connection(struct __sk_buff *skb, __u8 proto, __u32 l4off,
                                            struct bpf_sock_tuple *tuple, __u32 len)
 {
     if (proto == IPPROTO_TCP) {
+        __u8 flags;
+        if (bpf_skb_load_bytes(skb, l4off + 13, &flags, sizeof(flags)) < 0 ||
+            (flags & (TCP_FLAG_SYN_BYTE | TCP_FLAG_ACK_BYTE)) == TCP_FLAG_SYN_BYTE)
+            return 0;
         struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, tuple, len, BPF_F_CURRENT_NETNS, 0);
         if (!sk)
             return 0;
@@ -447,7 +457,7 @@ static __always_inline int host_verdict(struct __sk_buff *skb, __u8 proto, __u32
                 return TC_ACT_OK;
             *sport = ports[0];
             *dport = ports[1];
-            if (host_connection(skb, proto, tuple, tuple_len))
+            if (host_connection(skb, proto, l4off, tuple, tuple_len))
                 return TC_ACT_OK;
         }
     }
