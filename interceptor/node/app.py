@@ -22,7 +22,7 @@ from interceptor.node.cache import DocumentCache
 from interceptor.node.config import NodeConfig
 from interceptor.node.datapath.base import Datapath
 from interceptor.node.datapath.links import Links, LinkWatcher
-from interceptor.node.desired_state import Binding, Link
+from interceptor.node.desired_state import Link
 from interceptor.node.guest_api import GuestApi, GuestApiSettings
 from interceptor.node.http_server import GuestHttpServer
 from interceptor.node.limits import HttpLimits, RateLimiter
@@ -185,9 +185,7 @@ class _BindingsLoader:
             log.warning("bindings: backend unavailable (%s); keeping the last known", exc)
             return
         self.revision = answer.revision
-        await self._taps.update_bindings({
-            b.ifname: Binding(b.ifname, b.instance_id, b.metadata_enabled)
-            for b in answer.bindings})
+        await self._taps.update_bindings({b.ifname: b for b in answer.bindings})
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:

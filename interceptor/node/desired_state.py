@@ -11,14 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from interceptor.node.backend_client import Binding
 from interceptor.node.datapath.base import TapState
-
-
-@dataclass(frozen=True)
-class Binding:
-    ifname: str
-    instance_id: str
-    metadata_enabled: bool
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from interceptor.node.backend_client import Binding
 from interceptor.node.datapath.base import Datapath, TapState
 from interceptor.node.datapath.listeners import TapListenerError, open_tap_listener
-from interceptor.node.desired_state import Binding, Link, desired_taps
+from interceptor.node.desired_state import Link, desired_taps
 from interceptor.node.http_server import GuestHttpServer, GuestListener, TapIdentity
 
 log = logging.getLogger(__name__)
@@ -37,13 +39,16 @@ class TapManager:
 
     def __init__(self, datapath: Datapath, server: GuestHttpServer, *,
                  disabled_action: str, address: str, port: int,
-                 on_instances_changed: Callable[[set[str]], None] | None = None) -> None:
+                 on_instances_changed: Callable[[set[str]], None] | None = None,
+                 open_listener: Callable[[str, str, int], socket.socket] = open_tap_listener
+                 ) -> None:
         self._datapath = datapath
         self._server = server
         self._disabled_action = disabled_action
         self._address = address
         self._port = port
         self._on_instances_changed = on_instances_changed
+        self._open_listener = open_listener
         self._links: dict[str, Link] = {}
         self._bindings: dict[str, Binding] = {}
         self._served: dict[str, _Served] = {}
@@ -96,7 +101,7 @@ class TapManager:
                 await self._server.remove_listener(served.listener)
                 del self._served[name]
             try:
-                sock = open_tap_listener(name, self._address, self._port)
+                sock = self._open_listener(name, self._address, self._port)
             except TapListenerError as exc:
                 # The tap vanished between the netlink event and now; the
                 # next link event or reconcile brings the state back in line.
