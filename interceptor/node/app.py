@@ -43,7 +43,9 @@ def make_datapath(config: NodeConfig) -> Datapath:
         return EbpfDatapath(EbpfConfig(
             instance=config.bpf_instance, route_table=config.route_table,
             rule_pref=config.rule_priority, arp_when_refused=True,
-            syn_rate_per_s=config.syn_rate, syn_burst=config.syn_burst))
+            syn_rate_per_s=config.syn_rate, syn_burst=config.syn_burst,
+            input_allow_udp=tuple(int(p) for p in config.host_allow_udp),
+            input_allow_tcp=tuple(int(p) for p in config.host_allow_tcp)))
     return _nft(config)
 
 
