@@ -97,8 +97,9 @@ async def _throughput(opts: Options, datapath: str) -> list[Row]:
                         results.setdefault((who, close), []).append(r)
         for close in (False, True):
             mode = "new connection per request" if close else "keep-alive"
-            if close and not lifted:
-                mode += " (SYN limit 20/s in force)"
+            if close:
+                mode += (" (per-tap SYN guards lifted)" if lifted
+                         else " (SYN limit 20/s in force)")
             node = statistics.median(r.rps for r in results[("node", close)])
             nginx = statistics.median(r.rps for r in results[("nginx", close)])
             errors = sum(r.non_2xx + r.socket_errors for r in results[("node", close)])

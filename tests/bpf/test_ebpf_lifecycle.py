@@ -20,6 +20,7 @@ from interceptor.node.datapath.ebpf import (
     EbpfDatapath,
     default_source,
 )
+from interceptor.node.datapath.ebpf_syscall import pinned_map_info
 from tests.bpf.lab import PacketLab, unique
 
 pytestmark = pytest.mark.root
@@ -117,20 +118,42 @@ def test_restart_after_a_tap_vanished_while_down(lab: PacketLab) -> None:
     second.remove()
 
 
+def test_upgrade_detaches_an_earlier_versions_bridge_program(lab: PacketLab) -> None:
+    """Earlier versions also attached a program to the bridge of bridged taps;
+    bridged taps now need nothing on the bridge, so the first sync after a
+    restart takes it off (and its clsact qdisc with it)."""
+    first = lab.datapath()
+    first.sync(lab.taps({"brp": True}, bridge={"brp": "br"}))
+    with IPRoute() as ipr:  # what an earlier version left on the bridge
+        first._attach(ipr, lab.ifindex["br"], first.tap_program_fd)
+    assert our_filters(first.cfg, lab.ifindex["br"]) == 1
+    first.close()
+    second = EbpfDatapath(first.cfg)
+    lab.datapaths.append(second)
+    second.install()
+    second.sync(lab.taps({"brp": True}, bridge={"brp": "br"}))
+    assert second.attached_ifindexes() == {lab.ifindex["brp"]}
+    assert not has_clsact(lab.ifindex["br"])
+    second.remove()
+
+
 def test_stale_pinned_layout_is_replaced(lab: PacketLab) -> None:
     from bcc import BPF
 
     cfg = EbpfConfig(instance=unique())
     cfg.pin_dir.mkdir(parents=True)
-    # An "old version" left a map with another value size under our name.
-    old = BPF(text=(f'BPF_TABLE_PINNED("hash", u32, u32, enabled, 16, '
-                    f'"{cfg.pin_dir}/enabled");').encode())
+    # An older version left its `enabled` map under our name: a mark and the
+    # bridge's MAC per tap (12 bytes; now it is the mark alone).
+    old = BPF(text=(b"struct old_target { u32 mark; u8 l2_dst[6]; u16 pad; };\n"
+                    + f'BPF_TABLE_PINNED("hash", u32, struct old_target, enabled, 16, '
+                      f'"{cfg.pin_dir}/enabled");'.encode()))
     old.cleanup()
+    assert pinned_map_info(str(cfg.pin_dir / "enabled")).value_size == 12
     dp = EbpfDatapath(cfg)
     lab.datapaths.append(dp)
     dp.install()
-    assert dp._table("enabled").Leaf is not ctypes.c_uint
-    assert ctypes.sizeof(dp._table("enabled").Leaf) == 12
+    assert ctypes.sizeof(dp._table("enabled").Leaf) == 4
+    assert pinned_map_info(str(cfg.pin_dir / "enabled")).value_size == 4
     dp.sync(lab.taps({"ena": True}))
     assert enabled_entries(dp) == {lab.ifindex["ena"]: mark_for(lab.ifindex["ena"])}
     dp.remove()

@@ -18,6 +18,7 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
 from interceptor.node.datapath.base import METADATA_ADDRESS, mark_for
+from interceptor.node.datapath.bridge import BYPASS_MAC
 from interceptor.node.datapath.ebpf import DEFAULT_ARP_MAC, EbpfDatapath
 from interceptor.node.datapath.ebpf_syscall import ProgRunResult, prog_test_run
 from interceptor.node.datapath.listeners import open_tap_listener
@@ -156,10 +157,16 @@ def test_arp_when_refused_option_answers_refused_taps(lab: PacketLab) -> None:
 
 
 def test_syn_on_enabled_tap_with_listener_is_steered(lab: PacketLab, dp: EbpfDatapath) -> None:
+    """Handed to the tap's socket with the tap's mark, and readdressed to the
+    group address a bridge hands back to the port (routed or bridged alike);
+    nothing else in the frame changes."""
     before = counts(dp, "ena")
-    res = run(dp, lab, "ena", syn())
+    frame = bytes(syn())
+    res = run(dp, lab, "ena", frame)
     assert res.retval == TC_ACT_OK
     assert res.mark == mark_for(lab.ifindex["ena"])
+    assert Ether(res.data).dst == BYPASS_MAC
+    assert res.data[6:] == frame[6:]
     assert delta(before, counts(dp, "ena")) == {"steered": 1}
 
 
@@ -353,32 +360,44 @@ def test_syn_token_bucket_limits_per_tap(lab: PacketLab, dp: EbpfDatapath) -> No
 # -- bridged taps ----------------------------------------------------------------------
 
 
-def test_bridged_tap_is_readdressed_to_the_bridge(lab: PacketLab) -> None:
-    """Steered frames of a bridged tap get the bridge's MAC as destination
-    (so the bridge passes them up) and the tap's mark; the bridge program then
-    accepts only a listener bound to the bridge."""
-    dp = lab.datapath()
-    dp.sync(lab.taps({"brp": True}, bridge={"brp": "br"}))
-    res = run(dp, lab, "brp", syn())
-    assert res.retval == TC_ACT_OK
-    assert res.mark == mark_for(lab.ifindex["brp"])
+def link_mac(lab: PacketLab, link: str) -> str:
     with IPRoute() as ipr:  # (/sys/class/net shows another namespace)
-        bridge_mac = ipr.get_links(lab.ifindex["br"])[0].get_attr("IFLA_ADDRESS")
-    assert Ether(res.data).dst == bridge_mac
-    # The ARP reply still goes straight back out of the port.
-    assert run(dp, lab, "brp", arp_request()).retval == TC_ACT_REDIRECT
+        return str(ipr.get_links(lab.ifindex[link])[0].get_attr("IFLA_ADDRESS"))
 
-    marked = prog_test_run(dp.bridge_program_fd, res.data, ifindex=lab.ifindex["br"],
-                           mark=res.mark)
-    assert marked.retval == TC_ACT_SHOT  # no listener on the bridge yet
-    listener = open_tap_listener("br")
-    try:
-        marked = prog_test_run(dp.bridge_program_fd, res.data, ifindex=lab.ifindex["br"],
-                               mark=res.mark)
-        assert marked.retval == TC_ACT_OK
-        unmarked = prog_test_run(dp.bridge_program_fd, res.data, ifindex=lab.ifindex["br"])
-        assert (unmarked.retval, unmarked.data) == (TC_ACT_OK, res.data)
-    finally:
-        listener.close()
-    assert dp.counters()["brp"].extra["no_listener"] == 1
-    dp.remove()
+
+def arp_reply(dst: str) -> bytes:
+    return bytes(Ether(src=GUEST_MAC, dst=dst)
+                 / ARP(op=2, hwsrc=GUEST_MAC, psrc=GUEST_IP, hwdst=dst, pdst=GATEWAY))
+
+
+def test_arp_reply_to_the_tap_is_readdressed_on_enabled_taps(lab: PacketLab,
+                                                            dp: EbpfDatapath) -> None:
+    """The answer to the host's neighbour resolution on the tap goes to the
+    group address, so a bridge hands it to the tap (not to itself)."""
+    frame = arp_reply(link_mac(lab, "ena"))
+    res = run(dp, lab, "ena", frame)
+    assert res.retval == TC_ACT_OK
+    assert Ether(res.data).dst == BYPASS_MAC
+    assert res.data[6:] == frame[6:]
+
+
+@pytest.mark.parametrize(("link", "to"), [("ena", "other"), ("off", "own"), ("enb", "bcast")])
+def test_other_arp_replies_pass_untouched(lab: PacketLab, dp: EbpfDatapath, link: str,
+                                          to: str) -> None:
+    """Not to the tap's own MAC (another host on a bridge, broadcast), or on
+    a refused tap: left to the bridge."""
+    dst = {"other": "02:00:00:00:00:77", "own": link_mac(lab, link),
+           "bcast": "ff:ff:ff:ff:ff:ff"}[to]
+    frame = arp_reply(dst)
+    res = run(dp, lab, link, frame)
+    assert (res.retval, res.data) == (TC_ACT_OK, frame)
+
+
+def test_tagged_arp_reply_is_left_alone(lab: PacketLab, dp: EbpfDatapath) -> None:
+    """802.1Q-tagged frames belong to the bridge's VLANs: never readdressed."""
+    from scapy.layers.l2 import Dot1Q
+    mac = link_mac(lab, "ena")
+    frame = bytes(Ether(src=GUEST_MAC, dst=mac) / Dot1Q(vlan=5)
+                  / ARP(op=2, hwsrc=GUEST_MAC, psrc=GUEST_IP, hwdst=mac, pdst=GATEWAY))
+    res = run(dp, lab, "ena", frame)
+    assert (res.retval, res.data) == (TC_ACT_OK, frame)

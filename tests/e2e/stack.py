@@ -51,11 +51,14 @@ def _toml(section: str, values: dict[str, Any], tables: dict[str, dict[str, str]
 
 class ProductStack:
     def __init__(self, topo: Topology, *, datapath: str = "nft", node_name: str = "node-a",
+                 taps: str = "routed",
                  node_options: dict[str, Any] | None = None,
                  backend_options: dict[str, Any] | None = None) -> None:
         self.topo = topo
         self.netns = topo.node
         self.datapath = datapath
+        self.taps = taps
+        self._bridge: str | None = None
         self.node_name = node_name
         self.work = Path(tempfile.mkdtemp(prefix="interceptor-e2e-"))
         self.admin_token = secrets.token_hex(16)
@@ -143,6 +146,15 @@ class ProductStack:
         for path in self.work.iterdir():
             path.unlink()
         self.work.rmdir()
+
+    def add_guest(self, **kwargs: Any) -> Guest:
+        """A guest on a routed tap, or (``taps="bridged"``) on a tap enslaved to
+        one Linux bridge shared by all of this stack's guests, as libvirt does."""
+        if self.taps == "bridged":
+            if self._bridge is None:
+                self._bridge = self.topo.add_bridge()
+            kwargs.setdefault("bridge", self._bridge)
+        return self.topo.add_guest(**kwargs)
 
     # -- the backend API ---------------------------------------------------------------
 

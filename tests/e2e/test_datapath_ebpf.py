@@ -62,6 +62,7 @@ class EbpfNode:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.servers: dict[str, asyncio.Server] = {}
+        self.accepted: dict[str, int] = {}
 
     def _run(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
@@ -89,6 +90,9 @@ class EbpfNode:
     def counters(self) -> dict[str, dict[str, Any]]:
         return {k: dataclasses.asdict(v) for k, v in self.dp.counters().items()}
 
+    def unsteerable(self) -> dict[str, str]:
+        return self.dp.unsteerable()
+
     def attached(self) -> list[int]:
         return sorted(self.dp.attached_ifindexes())
 
@@ -106,6 +110,23 @@ class EbpfNode:
         if server is not None:
             server.close()
             self._run(server.wait_closed())
+
+    def host_service(self, address: str, port: int) -> None:
+        """A plain TCP server on the node (a "host service") counting accepts."""
+        key = f"{address}:{port}"
+        self.accepted[key] = 0
+
+        def handler(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            self.accepted[key] += 1
+            w.write(b"HTTP/1.0 200 OK\r\nContent-Length: 4\r\n\r\nhost")
+            w.close()
+
+        async def start() -> asyncio.Server:
+            return await asyncio.start_server(handler, address, port)
+        self.servers[key] = self._run(start())
+
+    def host_accepts(self, key: str) -> int:
+        return self.accepted[key]
 
     def fwmark_accept(self, value: int) -> None:
         Path("/proc/sys/net/ipv4/tcp_fwmark_accept").write_text(str(value))
@@ -211,50 +232,149 @@ def test_guest_reads_through_its_tap(topology: Topology, node: Any, kind: str,
     assert len(filter_lines(topology, guest.tap)) == 1
 
 
-def test_bridged_taps_identified_by_mark(topology: Topology, node: Any) -> None:
-    """Two guests on one Linux bridge and one refused guest on it: the port
-    program answers ARP and refuses on the port, steered frames go up through
-    the bridge to the bridge's listener, and the mark names the tap."""
-    a = topology.add_guest(ip="10.0.5.2/24")
-    b = topology.add_guest(ip="10.0.5.3/24")
-    off = topology.add_guest(ip="10.0.5.4/24")
-    bridge = f"br{topology.prefix[1:]}"
-    sh(["ip", "link", "add", bridge, "type", "bridge"], netns=topology.node)
-    for g in (a, b, off):
-        sh(["ip", "link", "set", g.tap, "master", bridge], netns=topology.node)
-    sh(["ip", "link", "set", bridge, "up"], netns=topology.node)
+# -- bridged taps: the same per-tap listener as routed taps ----------------------
+
+
+def br_netfilter(topology: Topology, value: int) -> None:
+    """Set ``bridge-nf-call-iptables`` in the node (per network namespace)."""
+    sh(["sysctl", "-qw", f"net.bridge.bridge-nf-call-iptables={value}"], netns=topology.node)
+    flag = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+    assert sh(["cat", flag], netns=topology.node).stdout.strip() == str(value)
+
+
+def steer_bridged(node: Any, *guests: Guest, refused: tuple[Guest, ...] = ()) -> None:
+    taps = {g.tap: {"steer": True, "bridge": g.bridge} for g in guests}
+    taps.update({g.tap: {"steer": False, "bridge": g.bridge} for g in refused})
+    node.call("sync", taps)
+    for g in guests:
+        node.call("listen", g.tap)
+
+
+@pytest.mark.parametrize(("kind", "route", "brnf"), [
+    ("veth", "onlink", 1), ("veth", "gateway", 0), ("tap", "gateway", 1), ("tap", "onlink", 0)])
+def test_bridged_guest_reads_through_its_tap(topology: Topology, node: Any, kind: str,
+                                             route: str, brnf: int) -> None:
+    """Two guests on one bridge, each served by its own tap's listener (the
+    one the product opens), with the tap's mark; nothing on the bridge."""
+    br_netfilter(topology, brnf)
     node.call("fwmark_accept", 1)
-    node.call("sync", {a.tap: {"steer": True, "bridge": bridge},
-                       b.tap: {"steer": True, "bridge": bridge},
-                       off.tap: {"steer": False, "bridge": bridge}})
-    node.call("listen", bridge)
-    for g in (a, b):
+    bridge = topology.add_bridge()
+    guest = topology.add_guest(kind=kind, route=route, bridge=bridge)
+    other = topology.add_guest(route=route, bridge=bridge, ip="10.0.0.3/24")
+    steer_bridged(node, guest, other)
+    for g in (guest, other, guest):
         code, body, seconds = fetch(g)
         assert code == 200, body
         device, peer, mark = body.split()
-        assert device == bridge
+        assert device == g.tap  # the bridge port it came in on: its own listener
         assert peer.startswith(g.ip.split("/")[0] + ":")
         assert int(mark, 16) == mark_for(ifindex(topology.node, g.tap))
         assert seconds < FAST_S
-        assert DEFAULT_ARP_MAC in guest_neigh(g)
-    # The refused guest on the same bridge: no ARP answer, no data.
-    proc = off.curl(MD, max_time=1)
-    assert proc.returncode != 0 and "200" not in proc.stdout
-    assert DEFAULT_ARP_MAC not in guest_neigh(off)
-    # ... and with a cached entry for the address, a RST straight away.
-    off.run(["ip", "neigh", "replace", "169.254.169.254", "lladdr", DEFAULT_ARP_MAC,
-             "dev", off.ifname, "nud", "permanent"], check=True)
-    proc = off.curl(MD, max_time=3)
-    assert proc.returncode == 7, proc.stderr  # connection refused
+    counters = node.call("counters")[guest.tap]
+    assert counters["steered_packets"] >= 6
+    assert counters["arp_replies"] >= (1 if route == "onlink" else 0)
+    assert node.call("unsteerable") == {}
+    assert node.call("attached") == sorted(ifindex(topology.node, g.tap)
+                                           for g in (guest, other))  # not the bridge
+    # The host resolved the guest on the tap (the readdressed ARP reply).
+    neigh = sh(["ip", "neigh", "show", "dev", guest.tap], netns=topology.node).stdout
+    assert "10.0.0.2" in neigh and "lladdr" in neigh
+    if route == "gateway":  # the bridge still works both ways for everything else
+        node.call("host_service", "0.0.0.0", 8080)
+        sh(["ip", "neigh", "flush", "dev", bridge], netns=topology.node)
+        proc = guest.curl("http://10.0.0.1:8080/", max_time=2)
+        assert proc.stdout.startswith("host"), proc.stderr
+        assert node.call("host_accepts", "0.0.0.0:8080") == 1
+    # The tap's listener gone: its frames are dropped (the guest retries by
+    # SYN retransmit), never given to the other guest's listener.
+    node.call("unlisten", guest.tap)
+    proc = guest.curl(MD, max_time=1)
+    assert proc.returncode == 28, proc.stderr  # the SYN was dropped: time out
+    assert node.call("counters")[guest.tap]["extra"]["no_listener"] >= 1
+    assert fetch(other)[0] == 200
+
+
+def test_enslaving_a_steered_tap_needs_no_new_state(topology: Topology, node: Any) -> None:
+    guest = topology.add_guest()  # on-link, routed
+    steer(node, guest)
+    assert fetch(guest)[0] == 200
+    bridge = topology.add_bridge()
+    sh(["ip", "link", "set", guest.tap, "master", bridge], netns=topology.node)
+    sh(["ip", "neigh", "flush", "dev", guest.tap], netns=topology.node)
+    code, body, _ = fetch(guest)  # no sync in between: nothing per bridge in the kernel
+    assert code == 200 and body.split()[0] == guest.tap
+    sh(["ip", "link", "set", guest.tap, "nomaster"], netns=topology.node)
+    assert fetch(guest)[0] == 200
+
+
+def test_same_ip_mac_and_port_on_one_bridge(topology: Topology, node: Any) -> None:
+    bridge = topology.add_bridge()
+    a = topology.add_guest(bridge=bridge, mac="02:00:00:00:00:02", route="gateway")
+    b = topology.add_guest(bridge=bridge, mac="02:00:00:00:00:02")
+    steer_bridged(node, a, b)
+    procs = [subprocess.Popen(
+        ["ip", "netns", "exec", g.netns, "curl", "-sS", "--max-time", "3", "--local-port",
+         "40123", "-w", "\n%{http_code} %{time_total}", MD],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for g in (a, b)]
+    outs = [p.communicate(timeout=10)[0] for p in procs]
+    for guest, out in zip((a, b), outs, strict=True):
+        code, body, seconds = body_and_time(subprocess.CompletedProcess([], 0, out, ""))
+        assert code == 200, out
+        assert body.split()[:2] == [guest.tap, "10.0.0.2:40123"]  # identity: the port
+        assert seconds < FAST_S
+
+
+@pytest.mark.parametrize("kind", ["veth", "tap"])
+def test_bridged_refused_tap_fails_fast(topology: Topology, node: Any, kind: str) -> None:
+    bridge = topology.add_bridge()
+    bound = topology.add_guest(bridge=bridge, route="gateway")
+    refused = topology.add_guest(bridge=bridge, route="gateway", ip="10.0.0.3/24", kind=kind)
+    onlink = topology.add_guest(bridge=bridge, ip="10.0.0.4/24")
+    steer_bridged(node, bound, refused=(refused, onlink))
+    node.call("listen", refused.tap)  # even with a listener: refused at the tap
+    proc = refused.curl(MD, max_time=2)
+    assert proc.returncode == 7, proc.stdout  # connection refused
     assert body_and_time(proc)[2] < FAST_S
-    assert node.call("attached") == sorted(
-        [ifindex(topology.node, g.tap) for g in (a, b, off)]
-        + [ifindex(topology.node, bridge)])
-    # The bridge's listener gone: steered frames are dropped, never misdelivered.
-    node.call("unlisten", bridge)
-    proc = a.curl(MD, max_time=1)
-    assert proc.returncode != 0 and "200" not in proc.stdout
-    assert node.call("counters")[a.tap]["extra"]["no_listener"] >= 1
+    assert node.call("counters")[refused.tap]["refused_packets"] >= 1
+    # An on-link guest of a refused tap gets no ARP answer (not from the bridge either).
+    assert onlink.curl(MD, max_time=1).returncode != 0
+    assert DEFAULT_ARP_MAC not in guest_neigh(onlink)
+    assert fetch(bound)[0] == 200
+
+
+def test_bridge_wearing_the_taps_mac_fails_closed(topology: Topology, node: Any) -> None:
+    bridge = topology.add_bridge(mac=None)
+    guest = topology.add_guest(bridge=bridge, route="gateway")
+    tap_mac = sh(["cat", f"/sys/class/net/{guest.tap}/address"], netns=topology.node).stdout
+    assert sh(["cat", f"/sys/class/net/{bridge}/address"], netns=topology.node).stdout == tap_mac
+    steer_bridged(node, guest)
+    assert "has the MAC of its bridge" in node.call("unsteerable")[guest.tap]
+    proc = guest.curl(MD, max_time=2)
+    assert proc.returncode == 7, proc.stdout  # refused fast rather than hanging
+    # What steering it would have broken: the host reaching the guest over the bridge.
+    node.call("host_service", "0.0.0.0", 8080)
+    sh(["ip", "neigh", "flush", "dev", bridge], netns=topology.node)
+    assert guest.curl("http://10.0.0.1:8080/", max_time=2).stdout.startswith("host")
+    # Given an address of its own, the bridge's tap is steered at the next sync.
+    sh(["ip", "link", "set", bridge, "address", "02:b0:00:00:00:09"], netns=topology.node)
+    steer_bridged(node, guest)
+    assert node.call("unsteerable") == {}
+    assert fetch(guest)[0] == 200
+
+
+def test_port_forwarding_the_group_address_fails_closed(topology: Topology,
+                                                        node: Any) -> None:
+    bridge = topology.add_bridge()
+    guest = topology.add_guest(bridge=bridge, route="gateway")
+    sh(["ip", "link", "set", guest.tap, "type", "bridge_slave", "group_fwd_mask", "4"],
+       netns=topology.node)
+    steer_bridged(node, guest)
+    assert "group_fwd_mask" in node.call("unsteerable")[guest.tap]
+    assert guest.curl(MD, max_time=2).returncode == 7
+    sh(["ip", "link", "set", guest.tap, "type", "bridge_slave", "group_fwd_mask", "0"],
+       netns=topology.node)
+    steer_bridged(node, guest)
+    assert fetch(guest)[0] == 200
 
 
 def test_same_ip_same_port_concurrently(topology: Topology, node: Any) -> None:
@@ -322,11 +442,14 @@ def test_refused_tap_fails_fast(topology: Topology, node: Any, kind: str) -> Non
     assert fetch(bound)[0] == 200
 
 
-def test_arp_when_refused_makes_onlink_guests_fail_fast(topology: Topology) -> None:
+@pytest.mark.parametrize("bridged", [False, True])
+def test_arp_when_refused_makes_onlink_guests_fail_fast(topology: Topology,
+                                                        bridged: bool) -> None:
     try:
         agent = start_node(topology, arp_when_refused=True)
-        onlink = topology.add_guest()
-        agent.call("sync", {onlink.tap: {"steer": False}})
+        bridge = topology.add_bridge() if bridged else None
+        onlink = topology.add_guest(bridge=bridge)
+        agent.call("sync", {onlink.tap: {"steer": False, "bridge": bridge}})
         proc = onlink.curl(MD, max_time=3)
         assert proc.returncode == 7, proc.stderr
         assert body_and_time(proc)[2] < FAST_S

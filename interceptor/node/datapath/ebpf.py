@@ -7,7 +7,7 @@ TCP from refused taps with a RST sent straight back out the tap, and drops
 anything else addressed to the metadata address. All per-tap state is in
 maps keyed by ifindex, pinned under ``<bpffs>/interceptor/<instance>/``:
 
-* ``enabled``    ifindex -> {mark, bridge MAC}; presence means "steer".
+* ``enabled``    ifindex -> mark; presence means "steer".
 * ``stats``      ifindex -> per-CPU counters (read by ``counters``).
 * ``syn_bucket`` ifindex -> per-tap SYN token bucket state.
 * ``config``     the ARP reply MAC, SYN rate and burst.
@@ -28,12 +28,27 @@ retransmit). A new instance recompiles, adopts the pinned maps (their layout
 is checked; a stale layout is replaced), and ``replace``s the filters at a
 fixed ``prio``/handle, so nothing is duplicated.
 
-Bridged taps: tc ingress on the tap sees the frame before the bridge, so ARP
-and refusals work unchanged. The IP stack, however, sees the *bridge* as the
-ingress device, so steered segments are readdressed to the bridge's MAC and a
-second program on the bridge's ingress assigns them to a listener bound to
-the bridge. Identity is then the mark (tap ifindex in the low 24 bits), which
-the accepted socket carries with ``net.ipv4.tcp_fwmark_accept=1``.
+Bridged taps (a tap enslaved to a Linux bridge) are served exactly like
+routed ones, through the tap's own listener, as in the nft datapath. tc
+ingress on the tap sees the frame before the bridge, so ARP and refusals need
+nothing else. But once the program lets a frame go, the bridge takes it:
+a steered segment would be flooded or passed up on the *bridge* (where the
+socket assigned on the tap is not used: tested), and the guest's answer to
+the host's ARP on the tap would reach the bridge's neighbour table. So, on
+every enabled tap, steered segments and ARP replies to the tap's own MAC are
+readdressed to the IEEE link-local group address that the bridge hands back
+as received on the port (bridge.py). The IP layer then sees iif = the tap,
+the tap-bound listener takes the segment, and the replies leave through the
+tap. Identity is the listener's device; the mark makes the metadata address
+local (routing.py). A tap that cannot be steered that way (it has its
+bridge's MAC, or its port forwards the group address:
+:meth:`bridge.PortFacts.unsteerable`) is left fail closed (refused: RST, no
+ARP answer) with one warning, checked at every ``sync``. A bridge-family
+input chain with a drop policy must accept the group address. The host input
+filter is not applied on bridge ports: what they send goes to the bridge,
+whose own addresses are the operator's business, as with nft, whose input
+hook sees the bridge as iif for those frames (the readdressed frames, which
+do enter with iif = the tap, are the metadata connection and ARP replies).
 
 Everything acts in the network namespace of the calling thread.
 """
@@ -56,7 +71,8 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from interceptor.common.errors import DatapathError
-from interceptor.node.datapath.base import MARK_MASK, MARK_TAG, TapCounters, TapState
+from interceptor.node.datapath.base import TapCounters, TapState
+from interceptor.node.datapath.bridge import port_facts
 from interceptor.node.datapath.ebpf_syscall import pinned_map_info
 from interceptor.node.datapath.routing import DEFAULT_PREF, DEFAULT_TABLE, PolicyRouting
 
@@ -64,7 +80,6 @@ log = logging.getLogger(__name__)
 
 SOURCE_NAME = "tap_ingress.c"
 TAP_FUNCTION = "tap_ingress"
-BRIDGE_FUNCTION = "bridge_ingress"
 MAP_NAMES = ("enabled", "stats", "syn_bucket", "config", "bridge_ports", "host_allow")
 INGRESS_PARENT = 0xFFFFFFF2  # clsact ingress ("ffff:fff2")
 EGRESS_PARENT = 0xFFFFFFF3
@@ -158,9 +173,9 @@ class EbpfDatapath:
         self.routing = PolicyRouting(self.cfg.route_table, self.cfg.rule_pref)
         self._bpf: Any = None  # bcc.BPF; holds the program and map fds
         self._tap_fd = -1
-        self._bridge_fd = -1
         self._taps: dict[str, TapState] = {}
-        self._attached: set[int] = set()  # ifindexes carrying our filter (taps + bridges)
+        self._blocked: dict[str, str] = {}  # steer wanted, impossible: why (warned once)
+        self._attached: set[int] = set()  # ifindexes carrying our filter
         self._reconciled = False  # first sync after install scans every link
 
     # -- Datapath protocol -----------------------------------------------------
@@ -182,7 +197,6 @@ class EbpfDatapath:
             _unpin(pin_dir, keep_dir=True)
             self._bpf = self._compile()
         self._tap_fd = self._load(TAP_FUNCTION)
-        self._bridge_fd = self._load(BRIDGE_FUNCTION)
         self._write_config()
         self.routing.install()
         self._attached = set()
@@ -193,16 +207,20 @@ class EbpfDatapath:
         return pins and self.routing.present()
 
     def sync(self, taps: Mapping[str, TapState]) -> None:
-        """Attach to every tap in ``taps`` (and to their bridges), set the map
-        entries, detach from and forget every ifindex no longer wanted."""
+        """Attach to every tap in ``taps``, set the map entries, detach from
+        and forget every ifindex no longer wanted (a bridge an earlier version
+        attached to included)."""
         if self._bpf is None:
             raise DatapathError("ebpf: not installed; install() the datapath first")
         for name, tap in taps.items():
             if name != tap.ifname:
                 raise DatapathError(f"ebpf: bad tap entry {name!r}")
+        blocked = self._unsteerable(taps)
+        for name, why in sorted(blocked.items()):
+            if self._blocked.get(name) != why:  # once per tap and reason
+                log.warning("ebpf: tap %s is not steered (fail closed): %s", name, why)
         with IPRoute() as ipr:
-            bridges = self._bridge_indexes(ipr, taps)
-            want = {tap.ifindex for tap in taps.values()} | set(bridges.values())
+            want = {tap.ifindex for tap in taps.values()}
             # The first sync after install replaces the program on every link
             # (an earlier run's, maybe older, program); later ones touch only
             # links that changed, so a sync costs per change, not per tap.
@@ -210,17 +228,33 @@ class EbpfDatapath:
             if first:
                 self._attached = self._scan_attached(ipr)
                 self._reconciled = True
-            self._set_entries(taps, bridges, ipr)
+            self._set_entries(taps, set(blocked))
             for ifindex in sorted(self._attached - want):
                 self._detach(ipr, ifindex)
-            bridge_indexes = set(bridges.values())
             for ifindex in sorted(want if first else want - self._attached):
-                fd = self._bridge_fd if ifindex in bridge_indexes else self._tap_fd
                 try:
-                    self._attach(ipr, ifindex, fd)
+                    self._attach(ipr, ifindex, self._tap_fd)
                 except _LinkGone:
                     log.info("ebpf: ifindex %d vanished during sync", ifindex)
         self._taps = dict(taps)
+        self._blocked = blocked
+
+    def unsteerable(self) -> dict[str, str]:
+        """Taps the last sync was asked to steer but left fail-closed, with why
+        (see bridge.py); for operators' status output and tests."""
+        return dict(self._blocked)
+
+    def _unsteerable(self, taps: Mapping[str, TapState]) -> dict[str, str]:
+        """Taps meant to be steered whose frames cannot reach their listener
+        (bridge.py), by name, with the reason; from one netlink dump."""
+        wanted = {tap.ifindex: name for name, tap in taps.items() if tap.steer}
+        facts = port_facts(wanted) if wanted else {}
+        out: dict[str, str] = {}
+        for idx, name in wanted.items():
+            why = facts[idx].unsteerable() if idx in facts else None
+            if why is not None:
+                out[name] = why
+        return out
 
     def counters(self) -> dict[str, TapCounters]:
         if self._bpf is None:
@@ -252,6 +286,7 @@ class EbpfDatapath:
         self.routing.remove()
         self._attached = set()
         self._taps = {}
+        self._blocked = {}
         self._reconciled = False
 
     # -- extras for operators and tests ------------------------------------------
@@ -266,16 +301,12 @@ class EbpfDatapath:
         """fd of the loaded tap program (-1 before install), e.g. for BPF_PROG_TEST_RUN."""
         return self._tap_fd
 
-    @property
-    def bridge_program_fd(self) -> int:
-        return self._bridge_fd
-
     def close(self) -> None:
         """Drop the loader's fds; programs stay attached and maps pinned."""
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None
-        self._tap_fd = self._bridge_fd = -1
+        self._tap_fd = -1
 
     # -- compiling and loading ---------------------------------------------------
 
@@ -299,8 +330,7 @@ class EbpfDatapath:
             raise DatapathError(
                 f"ebpf: cannot read the program source {source}: {exc.strerror} "
                 f"(set bpf_source), or {FALLBACK_HINT}") from None
-        cflags = [f'-DPIN_DIR="{self.cfg.pin_dir}"', f"-DMARK_TAG={MARK_TAG:#x}u",
-                  f"-DMARK_MASK={MARK_MASK:#x}u"]
+        cflags = [f'-DPIN_DIR="{self.cfg.pin_dir}"']
         try:
             return BPF(text=text.encode(), cflags=cflags)
         except Exception as exc:  # BCC raises bare Exception; clang's errors went to stderr
@@ -361,42 +391,18 @@ class EbpfDatapath:
     def _table(self, name: str) -> Any:
         return self._bpf[name.encode()]  # BCC wants bytes for names
 
-    def _bridge_indexes(self, ipr: Any, taps: Mapping[str, TapState]) -> dict[str, int]:
-        """ifindex of every bridge that has a steered tap."""
-        out: dict[str, int] = {}
-        for tap in taps.values():
-            if tap.bridge and tap.steer and tap.bridge not in out:
-                found = ipr.link_lookup(ifname=tap.bridge)
-                if found:
-                    out[tap.bridge] = int(found[0])
-                else:
-                    log.warning("ebpf: bridge %s of tap %s not found", tap.bridge, tap.ifname)
-        return out
-
-    def _set_entries(self, taps: Mapping[str, TapState], bridges: Mapping[str, int],
-                     ipr: Any) -> None:
+    def _set_entries(self, taps: Mapping[str, TapState], blocked: set[str]) -> None:
         enabled = self._table("enabled")
-        want: dict[int, tuple[int, bytes]] = {}
-        for tap in taps.values():
-            if not tap.steer:
-                continue
-            l2 = b"\0" * 6
-            if tap.bridge:
-                if tap.bridge not in bridges:
-                    continue  # fail closed until the bridge shows up
-                l2 = _link_mac(ipr, bridges[tap.bridge])
-            want[tap.ifindex] = (tap.mark, l2)
-        have: dict[int, tuple[int, bytes]] = {
-            int(k.value): (int(v.mark), bytes(v.l2_dst)) for k, v in enabled.items()}
+        want = {tap.ifindex: tap.mark for tap in taps.values()
+                if tap.steer and tap.ifname not in blocked}
+        have = {int(k.value): int(v.mark) for k, v in enabled.items()}
         for ifindex in have.keys() - want.keys():
             _delete(enabled, enabled.Key(ifindex))
-        for ifindex, (mark, l2) in want.items():
-            if have.get(ifindex) == (mark, l2):
-                continue
-            leaf = enabled.Leaf()
-            leaf.mark = mark
-            leaf.l2_dst = (ctypes.c_ubyte * 6)(*l2)
-            enabled[enabled.Key(ifindex)] = leaf
+        for ifindex, mark in want.items():
+            if have.get(ifindex) != mark:
+                leaf = enabled.Leaf()
+                leaf.mark = mark
+                enabled[enabled.Key(ifindex)] = leaf
         # Bridge ports: the host input filter leaves their frames alone.
         ports = self._table("bridge_ports")
         want_ports = {tap.ifindex for tap in taps.values() if tap.bridge}
@@ -473,14 +479,6 @@ class EbpfDatapath:
 
 class _LinkGone(Exception):
     """The link disappeared while we worked on it (tap churn)."""
-
-
-def _link_mac(ipr: Any, ifindex: int) -> bytes:
-    links = ipr.get_links(ifindex)
-    addr = links[0].get_attr("IFLA_ADDRESS") if links else None
-    if not addr:
-        raise DatapathError(f"ebpf: no MAC address on bridge ifindex {ifindex}")
-    return bytes.fromhex(str(addr).replace(":", ""))
 
 
 def _delete(table: Any, key: Any) -> None:

@@ -7,9 +7,12 @@
  *   ARP request for 169.254.169.254   enabled tap -> rewritten into a reply
  *                                     and sent back out of the same tap;
  *                                     otherwise dropped (fail closed).
+ *   ARP reply to the tap's own MAC    enabled tap -> readdressed to 01:80:c2:00:00:02
+ *                                     (see "Bridged taps" below).
  *   TCP to 169.254.169.254:80         enabled tap -> handed to the tap's own
  *                                     listener (bpf_sk_assign) with the tap's
- *                                     mark, or dropped if there is none (the
+ *                                     mark and readdressed to 01:80:c2:00:00:02, or
+ *                                     dropped if there is no listener (the
  *                                     guest's SYN retransmit recovers once the
  *                                     daemon is back); refused tap -> answered
  *                                     with a RST forged here and sent straight
@@ -23,7 +26,24 @@
  *                                     not applied on bridged taps.
  *   everything else                   TC_ACT_OK, untouched (forwarded).
  *
- * `bridge_ingress` runs on a bridge that has enabled taps: see below.
+ * Bridged taps (a tap enslaved to a Linux bridge): tc ingress runs before
+ * the bridge's rx handler, but once it returns TC_ACT_OK the bridge takes the
+ * frame. Tested on 6.x: left addressed as the guest sent it, a steered
+ * segment is flooded to the other ports (the ARP reply's MAC) or passed up
+ * on the bridge (the gateway's MAC), where the stack does not deliver it to
+ * the socket assigned here; and the guest's answer to the host's ARP on the
+ * tap updates the bridge's neighbour, not the tap's, so no SYN-ACK leaves.
+ * Frames to the IEEE 802.1D link-local group address 01:80:c2:00:00:02 are
+ * passed back by br_handle_frame as received on the port itself, so steered
+ * segments and ARP replies to the tap's own MAC are readdressed to it, as
+ * the nft datapath does (datapath/bridge.py has the whole story); the IP
+ * layer then sees iif = the tap. The stack's own lookup would then find the
+ * tap's listener without bpf_sk_assign (tested), but the assignment stays:
+ * it is what lets the program drop when the tap has no listener, instead of
+ * a wildcard host service on :80 getting the guest's SYN. Readdressing
+ * changes nothing on a tap that is no bridge port (the stack goes by
+ * pkt_type, set to HOST here), so it is done on every enabled tap: a tap
+ * enslaved between two syncs is served at once, never flooded.
  *
  * Only UAPI headers are used: BCC compiles against generic distribution
  * headers that may be older than the running kernel. Everything is read with
@@ -31,8 +51,6 @@
  *
  * Compile-time parameters (BCC cflags):
  *   PIN_DIR    string literal, bpffs directory holding the pinned maps.
- *   MARK_TAG   high byte of every mark the project sets (base.py) ...
- *   MARK_MASK  ... and its mask.
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/if_arp.h>
@@ -44,8 +62,8 @@
 #include <uapi/linux/pkt_cls.h>
 #include <uapi/linux/tcp.h>
 
-#if !defined(PIN_DIR) || !defined(MARK_TAG) || !defined(MARK_MASK)
-#error "PIN_DIR, MARK_TAG and MARK_MASK must be defined by the loader"
+#if !defined(PIN_DIR)
+#error "PIN_DIR must be defined by the loader"
 #endif
 
 /* 169.254.169.254, network byte order. */
@@ -68,10 +86,7 @@
 
 /* Value of `enabled`: presence means "steer this tap to its listener". */
 struct steer_target {
-    __u32 mark;        /* skb->mark for steered packets (tcp_fwmark_accept) */
-    __u8 l2_dst[6];    /* non-zero: rewrite the destination MAC (bridged tap:
-                          the bridge's MAC, so the bridge passes it up) */
-    __u16 pad;
+    __u32 mark;        /* skb->mark for steered packets (policy routing) */
 };
 
 /* Value of `stats`, per CPU (ebpf.py reads the fields by name). */
@@ -109,10 +124,12 @@ BPF_TABLE_PINNED("percpu_hash", __u32, struct tap_stats, stats, MAX_TAPS,
 BPF_TABLE_PINNED("hash", __u32, struct syn_bucket, syn_bucket, MAX_TAPS,
                  PIN_DIR "/syn_bucket", BPF_F_NO_PREALLOC);
 BPF_TABLE_PINNED("array", __u32, struct dp_config, config, 1, PIN_DIR "/config");
-/* Taps that are ports of a Linux bridge (ifindex -> 1): their frames are
- * switched, never routed by the tap's own IP stack, so the host input filter
- * does not apply (as in the nft datapath, whose input hook sees the bridge,
- * not the tap). */
+/* Taps that are ports of a Linux bridge (ifindex -> 1): their frames other
+ * than the readdressed ones go to the bridge, whose own addresses are the
+ * bridge's (the operator's) business, so the host input filter does not
+ * apply; as in the nft datapath, whose input hook sees the bridge as iif for
+ * them. (The readdressed frames reach the IP stack with the tap as iif, but
+ * they are the metadata connection and ARP replies, which pass anyway.) */
 BPF_TABLE_PINNED("hash", __u32, __u8, bridge_ports, MAX_TAPS, PIN_DIR "/bridge_ports",
                  BPF_F_NO_PREALLOC);
 /* Ports the node serves its guests (DHCP, DNS ...): key allow_key(), value 1. */
@@ -199,6 +216,31 @@ static __always_inline int answer_arp(struct __sk_buff *skb, struct ethhdr *eth,
     return bpf_redirect(skb->ifindex, 0);
 }
 
+/* Readdress the frame to the IEEE 802.1D "slow protocols" group address,
+ * which a bridge hands back to the port's own stack (bridge.py: BYPASS_MAC).
+ * (A local array: BCC has no global read-only data.) */
+static __always_inline int set_bypass_dst(struct __sk_buff *skb)
+{
+    __u8 mac[ETH_ALEN] = {0x01, 0x80, 0xc2, 0x00, 0x00, 0x02};
+    return bpf_skb_store_bytes(skb, 0, mac, ETH_ALEN, 0);
+}
+
+/* An ARP reply addressed to the tap's own MAC on an enabled tap: the answer
+ * to the neighbour resolution the host does on the tap for its replies to the
+ * guest. Readdressed so a bridge hands it to the tap, whose neighbour entry
+ * would otherwise stay incomplete (and the SYN-ACK never leave). */
+static __always_inline int arp_reply_to_tap(struct __sk_buff *skb, struct arp_eth_ipv4 *arp)
+{
+    __u32 ifindex = skb->ifindex;
+    if (skb->pkt_type != PACKET_HOST || skb->vlan_present ||
+        arp->op != bpf_htons(ARPOP_REPLY) || arp->ptype != bpf_htons(ETH_P_IP) ||
+        !enabled.lookup(&ifindex))
+        return TC_ACT_OK;
+    if (set_bypass_dst(skb) < 0)
+        return TC_ACT_SHOT;
+    return TC_ACT_OK;
+}
+
 static __always_inline int handle_arp(struct __sk_buff *skb, struct ethhdr *eth)
 {
     struct arp_eth_ipv4 arp;
@@ -207,7 +249,7 @@ static __always_inline int handle_arp(struct __sk_buff *skb, struct ethhdr *eth)
     if (bpf_skb_load_bytes(skb, sizeof(*eth), &arp, sizeof(arp)) < 0)
         return TC_ACT_OK;  /* too short to be an Ethernet/IPv4 ARP: not ours */
     if (arp.tpa != METADATA_ADDR && arp.spa != METADATA_ADDR)
-        return TC_ACT_OK;
+        return arp_reply_to_tap(skb, &arp);
 
     struct tap_stats *st = stats_for(ifindex);
     /* A guest claiming the address itself, a tagged frame, an odd
@@ -317,12 +359,6 @@ static __always_inline int syn_allowed(__u32 ifindex, struct dp_config *cfg)
     return 1;
 }
 
-static __always_inline int has_l2_dst(struct steer_target *tgt)
-{
-    return tgt->l2_dst[0] | tgt->l2_dst[1] | tgt->l2_dst[2] | tgt->l2_dst[3] |
-           tgt->l2_dst[4] | tgt->l2_dst[5];
-}
-
 /* Assign the segment to the socket of its 4-tuple on this device: the
  * established (or request, or time-wait) socket, else the listener. It must
  * be bound to 169.254.169.254:80 on this very device, so a wildcard listener
@@ -350,20 +386,19 @@ static __always_inline int assign_own_socket(struct __sk_buff *skb, struct iphdr
     return ours ? 0 : -1;
 }
 
-/* Steer a segment from an enabled tap. A routed tap's socket is bound to the
- * tap itself. On a bridged tap the IP stack sees the bridge as the ingress
- * device (and drops a socket assigned here), so the frame is readdressed to
- * the bridge and `bridge_ingress` assigns the bridge's socket. */
+/* Steer a segment from an enabled tap to the tap's own socket, routed or
+ * bridged alike: readdressed to 01:80:c2:00:00:02, a bridge passes it back as
+ * received on the tap (see the top of this file). */
 static __always_inline int steer(struct __sk_buff *skb, struct iphdr *ip, struct tcphdr *tcp,
                                  struct steer_target *tgt, struct tap_stats *st)
 {
-    if (has_l2_dst(tgt)) {
-        if (bpf_skb_store_bytes(skb, 0, tgt->l2_dst, ETH_ALEN, 0) < 0)
-            return TC_ACT_SHOT;
-    } else if (assign_own_socket(skb, ip, tcp) < 0) {
+    if (assign_own_socket(skb, ip, tcp) < 0) {
         COUNT(st, no_listener);
         return TC_ACT_SHOT;  /* daemon down: the guest's SYN retransmit recovers */
     }
+    if (set_bypass_dst(skb) < 0)
+        return TC_ACT_SHOT;
+    /* The mark makes the metadata address local (policy routing, routing.py). */
     skb->mark = tgt->mark;
     /* The ARP reply gave a MAC that is not the device's: without this the
      * stack drops the frame as PACKET_OTHERHOST. */
@@ -478,7 +513,7 @@ static __always_inline int ipv4_host_input(struct __sk_buff *skb, struct iphdr *
         return TC_ACT_OK;  /* the stack drops a bad header itself */
     /* A later fragment reaches no socket without its first fragment, which
      * is judged here like a whole datagram. */
-    if (ip->frag_off & bpf_htons(IP_OFFSET))
+    if (ip->frag_off & bpf_htons(IP_OFFSET) || is_bridge_port(skb->ifindex))
         return TC_ACT_OK;
 
     __u32 daddr = bpf_ntohl(ip->daddr);
@@ -493,7 +528,7 @@ static __always_inline int ipv4_host_input(struct __sk_buff *skb, struct iphdr *
         p.ipv4_dst = ip->daddr;
         host = fib_says_host(skb, &p);
     }
-    if (!host || is_bridge_port(skb->ifindex))
+    if (!host)
         return TC_ACT_OK;
 
     struct bpf_sock_tuple tuple = {};
@@ -515,15 +550,15 @@ static __always_inline int handle_ipv6(struct __sk_buff *skb)
 {
     struct ipv6hdr ip6;
     if (bpf_skb_load_bytes(skb, sizeof(struct ethhdr), &ip6, sizeof(ip6)) < 0 ||
-        ip6.version != 6)
-        return TC_ACT_OK;  /* the stack drops it itself */
+        ip6.version != 6 || is_bridge_port(skb->ifindex))
+        return TC_ACT_OK;  /* the stack drops it itself; a bridge port: see bridge_ports */
 
     struct bpf_fib_lookup p = {};
     p.family = AF_INET6;
     p.l4_protocol = ip6.nexthdr;
     __builtin_memcpy(p.ipv6_src, &ip6.saddr, sizeof(p.ipv6_src));
     __builtin_memcpy(p.ipv6_dst, &ip6.daddr, sizeof(p.ipv6_dst));
-    if (!fib_says_host(skb, &p) || is_bridge_port(skb->ifindex))
+    if (!fib_says_host(skb, &p))
         return TC_ACT_OK;
 
     __u8 proto = ip6.nexthdr;
@@ -633,34 +668,4 @@ int tap_ingress(struct __sk_buff *skb)
     if (eth.h_proto == bpf_htons(ETH_P_IPV6))
         return handle_ipv6(skb);
     return TC_ACT_OK;
-}
-
-/* Ingress of a bridge with enabled taps: only frames a port program marked
- * (TCP to 169.254.169.254:80 from an enabled tap) are touched. They go to the
- * bridge's own listener or nowhere. Identity is the mark (low 24 bits: the
- * tap's ifindex), which the accepted socket inherits with
- * net.ipv4.tcp_fwmark_accept=1. */
-int bridge_ingress(struct __sk_buff *skb)
-{
-    if ((skb->mark & MARK_MASK) != MARK_TAG)
-        return TC_ACT_OK;
-
-    struct iphdr ip;
-    struct tcphdr tcp;
-    __be16 proto;
-    if (bpf_skb_load_bytes(skb, 12, &proto, sizeof(proto)) < 0 ||
-        proto != bpf_htons(ETH_P_IP) ||
-        bpf_skb_load_bytes(skb, sizeof(struct ethhdr), &ip, sizeof(ip)) < 0 ||
-        ip.daddr != METADATA_ADDR || ip.protocol != IPPROTO_TCP ||
-        bpf_skb_load_bytes(skb, sizeof(struct ethhdr) + ((ip.ihl * 4) & 0x3f), &tcp,
-                           sizeof(tcp)) < 0 ||
-        tcp.dest != bpf_htons(METADATA_PORT))
-        return TC_ACT_OK;  /* someone else's mark */
-
-    if (assign_own_socket(skb, &ip, &tcp) == 0)
-        return TC_ACT_OK;
-    __u32 tap = skb->mark & ~MARK_MASK;
-    struct tap_stats *st = stats_for(tap);
-    COUNT(st, no_listener);
-    return TC_ACT_SHOT;
 }
