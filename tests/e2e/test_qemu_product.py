@@ -20,9 +20,16 @@ def stack(request: pytest.FixtureRequest, topology: Topology) -> Iterator[Produc
         yield s
 
 
-@pytest.mark.parametrize("route", ["onlink", "default"])
-def test_qemu_guest_prints_its_instance_id(stack: ProductStack, route: str) -> None:
+@pytest.mark.parametrize(("route", "taps"), [("onlink", "routed"), ("default", "routed"),
+                                             ("default", "bridged")])
+def test_qemu_guest_prints_its_instance_id(stack: ProductStack, route: str, taps: str) -> None:
+    from tests.e2e.netns import sh
+
     with tap_device(stack.netns, name=f"tap{stack.topo.prefix}") as tap:
+        gateway_dev = tap
+        if taps == "bridged":  # as libvirt does: the tap is a port of a bridge
+            gateway_dev = stack.topo.add_bridge()
+            sh(["ip", "link", "set", tap, "master", gateway_dev], netns=stack.netns)
         stack.create_instance("i-qemu-0001", hostname="qemu-vm", ifname=tap,
                               keys={"ops": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIQemu ops@x"})
         args: dict[str, object] = {"ip": "10.77.0.2/24", "route": "onlink",
@@ -30,10 +37,9 @@ def test_qemu_guest_prints_its_instance_id(stack: ProductStack, route: str) -> N
                                              "/latest/meta-data/hostname",
                                              "/latest/meta-data/public-keys/0/openssh-key"]}
         if route == "default":
-            # The routed tap's host side carries the guest's gateway address.
-            from tests.e2e.netns import sh
-
-            sh(["ip", "addr", "add", "10.77.0.1/32", "dev", tap], netns=stack.netns)
+            # The gateway address sits on the tap (routed) or the bridge.
+            sh(["ip", "addr", "add", "10.77.0.1/24" if taps == "bridged" else "10.77.0.1/32",
+                "dev", gateway_dev], netns=stack.netns)
             args.update(route="default", gw="10.77.0.1")
         result = boot_guest(stack.netns, tap, random_mac(), args, timeout=120)  # type: ignore[arg-type]
         assert result.completed, result.tail()

@@ -106,6 +106,12 @@ INGRESS_CHAIN = "tap_ingress"  # shards are named tap_ingress_0, tap_ingress_1, 
 # nft 1.0.6 cannot list a chain with more; taps are spread over shards of
 # this size, each with the same rules (a device is in exactly one shard).
 SHARD_SIZE = 200
+# High byte of the mark on every frame from a managed tap, set at the tap's
+# ingress: the one trace of the tap that survives a bridge (whose frames the
+# IP layer sees with iif = the bridge), so host_input can filter them. Not
+# MARK_TAG: the policy routing rules must not match it. Only the high byte
+# (this project's) is written, so an operator's low mark bits mean the same.
+GUEST_MARK_TAG = 0x4E000000
 
 # Counter sets: name -> (family, TapCounters field or extra key).
 COUNTER_SETS: Mapping[str, tuple[str, str]] = MappingProxyType({
@@ -201,7 +207,8 @@ def render_ruleset(cfg: NftConfig) -> str:
 # Per-tap state lives only in the sets/maps below (keyed by ifindex), filled
 # at run time; netdev chains "{INGRESS_CHAIN}_<n>" are added with the managed
 # taps as their devices (at most {SHARD_SIZE} each).
-# Mark: 0x{MARK_TAG:08x}|ifindex, mask 0x{MARK_MASK:08x}.
+# Marks (mask 0x{MARK_MASK:08x}): 0x{MARK_TAG:08x}|ifindex steered to a listener,
+# 0x{GUEST_MARK_TAG:08x} anything else from a managed tap (host input filter).
 table inet {t} {{
   set managed {{ type iface_index; }}
   map vm_mark {{ type iface_index : mark; }}
@@ -234,12 +241,13 @@ update @cnt_steered {{ iif }} tproxy ip to {md}:{cfg.listen_port} accept
 
   chain host_input {{
     type filter hook input priority filter; policy accept;
-    {not_ours} return
+    meta mark & 0x{MARK_MASK:08x} != 0x{GUEST_MARK_TAG:08x} {not_ours} return
     meta mark & 0x{MARK_MASK:08x} == 0x{MARK_TAG:08x} ip daddr {md} tcp dport {cfg.listen_port} \
 accept
     ct state established,related accept
     meta l4proto {{ icmp, ipv6-icmp }} accept
-{allow}    update @cnt_input_drop {{ iif }} drop comment "no other host service for guests"
+{allow}    iif @managed update @cnt_input_drop {{ iif }} drop comment "no other host service for guests"
+    counter drop comment "the same, through a bridge (iif is the bridge: not counted per tap)"
   }}
 }}
 
@@ -265,6 +273,8 @@ def render_ingress_chain(cfg: NftConfig, shard: int, devices: Sequence[str]) -> 
 table netdev {t} {{
   chain {shard_name(shard)} {{
     type filter hook ingress devices = {devs} priority {cfg.ingress_priority}; policy accept;
+    meta mark set meta mark & 0x{0xFFFFFFFF ^ MARK_MASK:08x} | 0x{GUEST_MARK_TAG:08x} \
+comment "from a guest, also once its bridge has it"
     arp htype 1 arp ptype ip arp hlen 6 arp plen 4 arp operation request \
 arp daddr ip {md} {arp_on}update @cnt_arp_reply {{ iif }} \
 ether daddr set ether saddr arp daddr ether set arp saddr ether \
