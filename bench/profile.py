@@ -17,6 +17,7 @@ import collections
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 from bench.env import UNLIMITED, bench_stack, lift_syn_limit
 from bench.suites import PATH, URL, wait_served
@@ -45,8 +46,7 @@ def summarize(collapsed: str, top: int = 25) -> str:
 
 
 async def _run(args: argparse.Namespace) -> str:
-    spy = shutil.which("py-spy") or str(__import__("pathlib").Path(sys.executable).parent
-                                        / "py-spy")
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     with bench_stack(args.datapath, UNLIMITED) as bench:
         guest = bench.topo.add_guest()
         await bench.create_instances([("i-bench-prof", guest.tap)])

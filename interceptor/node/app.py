@@ -132,10 +132,15 @@ class NodeDaemon:
             await link_watcher.start()
             stack.push_async_callback(link_watcher.stop)
 
-            await bindings.reload()
+            if await bindings.load():
+                # The backend answered: ready without waiting for the first
+                # long-poll of the change feed to come back.
+                watcher.healthy = True
             watcher.since = bindings.revision
             tasks = [
                 asyncio.create_task(watcher.run(), name="feed-watcher"),
+                asyncio.create_task(_guard_datapath(taps, cfg.datapath_check_interval),
+                                    name="datapath-guard"),
             ]
             stack.push_async_callback(_cancel, tasks)
             self.ready.set()
@@ -181,13 +186,27 @@ class _BindingsLoader:
         self.revision = 0
 
     async def reload(self) -> None:
+        await self.load()
+
+    async def load(self) -> bool:
+        """Fetch and apply the bindings; False when the backend did not answer."""
         try:
             answer = await self._client.bindings()
         except BackendError as exc:
             log.warning("bindings: backend unavailable (%s); keeping the last known", exc)
-            return
+            return False
         self.revision = answer.revision
         await self._taps.update_bindings({b.ifname: b for b in answer.bindings})
+        return True
+
+
+async def _guard_datapath(taps: TapManager, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await taps.repair()
+        except DatapathError as exc:
+            log.error("reinstalling the datapath failed: %s", exc)
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:

@@ -39,6 +39,8 @@ class NodeConfig:
     rate_limit: float = opt(200.0, "requests per second per VM before 429")
     rate_burst: int = opt(400, "burst of the per-VM request rate limit")
     reconcile_interval: float = opt(30.0, "seconds between full reconciles")
+    datapath_check_interval: float = opt(
+        5.0, "seconds between checks that the datapath is still in the kernel")
     route_table: int = opt(4711, "policy routing table for marked packets")
     rule_priority: int = opt(10000, "first of the ip rule priorities the daemon uses")
     nft_table: str = opt("interceptor", "nftables table name (inet/netdev)")

@@ -73,6 +73,19 @@ class TapManager:
         self.bindings_known = True
         await self.apply()
 
+    async def repair(self) -> bool:
+        """Reinstall the datapath if something removed it underneath us (an
+        operator's ``nft flush ruleset``, a stray ``--cleanup``), then re-apply
+        every tap. Returns True when it had to."""
+        async with self._lock:
+            if await asyncio.to_thread(self._datapath.installed):
+                return False
+            log.warning("datapath %s is missing from the kernel; reinstalling",
+                        self._datapath.name)
+            await asyncio.to_thread(self._datapath.install)
+        await self.apply()
+        return True
+
     async def apply(self) -> None:
         """Recompute and apply; concurrent calls are serialised."""
         async with self._lock:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from pyroute2 import IPRoute
 
-from tests.bpf.lab import LINKS, PacketLab, private_netns, routed_node
+from tests.bpf.lab import BRIDGE_MAC, LINKS, PacketLab, private_netns, routed_node
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +22,10 @@ def lab() -> Iterator[PacketLab]:
             for link in LINKS:
                 ipr.link("add", ifname=link, kind="veth", peer=f"{link}p")
             ifindex = {link: int(ipr.link_lookup(ifname=link)[0]) for link in LINKS}
-            ipr.link("add", ifname="br", kind="bridge")
+            # brp is a port of br, which has an address and a MAC of its own.
+            ipr.link("add", ifname="br", kind="bridge", address=BRIDGE_MAC)
             ifindex["br"] = int(ipr.link_lookup(ifname="br")[0])
+            ipr.link("set", index=ifindex["brp"], master=ifindex["br"])
             for link in (*LINKS, "br"):
                 ipr.link("set", index=ifindex[link], state="up")
         routed_node(name, ifindex)

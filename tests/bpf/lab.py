@@ -33,6 +33,9 @@ UPLINK_ADDR6 = "2001:db8:f::1"
 LOOPBACK_ADDR = "203.0.113.9"  # a host address on lo
 FORWARDED = "198.51.100.10"  # beyond the default route: forwarded
 FORWARDED6 = "2001:db8:99::10"
+BRIDGE_MAC = "02:b0:00:00:00:01"  # br's own (brp is its port)
+BRIDGE_ADDR = "10.9.0.1"  # on br, /24: bridged guests' subnet
+BRIDGE_ADDR6 = "2001:db8:9::1"  # on br, /64
 
 
 def unique(prefix: str = "t") -> str:
@@ -79,7 +82,8 @@ def private_netns() -> Iterator[str]:
 
 def routed_node(netns_name: str, ifindex: dict[str, int]) -> None:
     """Make the namespace a routing node: forwarding on, the gateway address
-    on every tap, an uplink with a default route, an address on lo. The
+    on every tap, an uplink with a default route, an address on lo, a bridge
+    (br, with port brp) with addresses of its own. The
     routes need no neighbours: bpf_fib_lookup reports a forward either way."""
     cmds = [
         "sysctl -qw net.ipv4.conf.all.forwarding=1",
@@ -88,6 +92,8 @@ def routed_node(netns_name: str, ifindex: dict[str, int]) -> None:
         f"ip addr add {UPLINK_ADDR6}/64 dev up nodad",
         f"ip addr add {LOOPBACK_ADDR}/32 dev lo",
         "ip route add default via 192.0.2.254 dev up",
+        f"ip addr add {BRIDGE_ADDR}/24 dev br",
+        f"ip addr add {BRIDGE_ADDR6}/64 dev br nodad",
         "ip -6 route add default via 2001:db8:f::fe dev up",
     ]
     for link in ifindex:

@@ -27,6 +27,9 @@ from scapy.layers.l2 import Ether
 from interceptor.node.datapath.ebpf import EbpfDatapath
 from interceptor.node.datapath.ebpf_syscall import ProgRunResult, prog_test_run
 from tests.bpf.lab import (
+    BRIDGE_ADDR,
+    BRIDGE_ADDR6,
+    BRIDGE_MAC,
     FORWARDED,
     FORWARDED6,
     GATEWAY,
@@ -160,11 +163,121 @@ def test_truncated_transport_header_to_the_node_is_dropped(lab: PacketLab,
     assert_dropped(dp, lab, "ena", frame)
 
 
-def test_bridge_ports_are_not_filtered(lab: PacketLab, dp: EbpfDatapath) -> None:
-    """A bridged tap's frames are switched, not routed by the tap: as with
-    nft, host input through a bridge is the bridge's business."""
-    assert_untouched(dp, lab, "brp", v4(GATEWAY, UDP(dport=7071)))
-    assert_untouched(dp, lab, "brp", v6(UPLINK_ADDR6, UDP(dport=7071)))
+# -- bridge ports ------------------------------------------------------------------------
+# brp is a port of br (BRIDGE_MAC, BRIDGE_ADDR): what the bridge passes up to
+# the node is judged as entering on br; what it switches to others is not.
+
+OTHER_GUEST_MAC = "52:54:00:00:00:77"
+BCAST_MAC = "ff:ff:ff:ff:ff:ff"
+
+
+def link_mac(lab: PacketLab, link: str) -> str:
+    with IPRoute() as ipr:  # (/sys/class/net shows another namespace)
+        return str(ipr.get_links(lab.ifindex[link])[0].get_attr("IFLA_ADDRESS"))
+
+
+def on_bridge(mac: str, dst: str, l4: Any, src: str = "10.9.0.2") -> Any:
+    fam = IPv6(src="2001:db8:9::2", dst=dst) if ":" in dst else IP(src=src, dst=dst)
+    return Ether(src=GUEST_MAC, dst=mac) / fam / l4
+
+
+def assert_host_copy_refused(dp: EbpfDatapath, lab: PacketLab, frame: Any) -> None:
+    """A broadcast/multicast frame the node must not take: passed on for the
+    bridge to flood (made PACKET_OTHERHOST, which the IP layer drops; the
+    e2e tests show both halves), counted as host input."""
+    raw = bytes(frame)
+    before = dropped(dp, "brp")
+    res = run(dp, lab, "brp", raw)
+    assert (res.retval, res.data, res.mark) == (TC_ACT_OK, raw, 0), Ether(raw).summary()
+    assert dropped(dp, "brp") == before + 1
+
+
+@pytest.mark.parametrize("dst", [BRIDGE_ADDR, UPLINK_ADDR, GATEWAY, LOOPBACK_ADDR,
+                                 "127.0.0.1", "10.9.0.255", BRIDGE_ADDR6, UPLINK_ADDR6])
+@pytest.mark.parametrize("l4", [TCP(sport=40000, dport=7070, flags="S"),
+                                UDP(sport=40000, dport=7071)], ids=["tcp", "udp"])
+@pytest.mark.parametrize("to", ["bridge", "tap"])
+def test_bridge_port_unicast_to_the_node_is_dropped(lab: PacketLab, dp: EbpfDatapath,
+                                                    dst: str, l4: Any, to: str) -> None:
+    """To the bridge's MAC or the tap's own (both local FDB entries the
+    bridge passes up): the bridge's addresses and every other local one."""
+    mac = BRIDGE_MAC if to == "bridge" else link_mac(lab, "brp")
+    assert_dropped(dp, lab, "brp", on_bridge(mac, dst, l4))
+
+
+def test_bridge_port_judged_as_its_bridge_even_when_unsynced(lab: PacketLab) -> None:
+    """The kernel's word wins: a tap that became a port since its TapState
+    was made (bridge=None here) is judged as a port at once."""
+    dp = lab.datapath()
+    dp.sync(lab.taps({"brp": False}))
+    assert_dropped(dp, lab, "brp", on_bridge(BRIDGE_MAC, BRIDGE_ADDR, UDP(dport=7071)))
+    ports = dp._table("bridge_ports")
+    entry = ports[ports.Key(lab.ifindex["brp"])]
+    assert int(entry.bridge_ifindex) == lab.ifindex["br"]
+    assert bytes(entry.bridge_mac) == bytes.fromhex(BRIDGE_MAC.replace(":", ""))
+
+
+@pytest.mark.parametrize("dst", ["255.255.255.255", "10.9.0.255", "224.0.0.251", "ff02::1",
+                                 "ff02::fb"])
+@pytest.mark.parametrize("l4", [UDP(sport=5353, dport=5353),
+                                TCP(sport=40000, dport=7070, flags="S")], ids=["udp", "tcp"])
+def test_bridge_port_group_frames_keep_flooding(lab: PacketLab, dp: EbpfDatapath,
+                                                dst: str, l4: Any) -> None:
+    """Broadcast and multicast reach the node and the other guests: the
+    node's copy is refused, the frame itself goes on."""
+    if dst.startswith("ff02"):
+        mac = "33:33:00:00:00:" + ("01" if dst == "ff02::1" else "fb")
+    elif dst.startswith("224"):
+        mac = "01:00:5e:00:00:fb"
+    else:
+        mac = BCAST_MAC
+    assert_host_copy_refused(dp, lab, on_bridge(mac, dst, l4))
+
+
+@pytest.mark.parametrize("dst", ["10.9.0.3", BRIDGE_ADDR, UPLINK_ADDR, "2001:db8:9::3",
+                                 BRIDGE_ADDR6])
+def test_bridge_port_unicast_to_another_station_passes(lab: PacketLab, dp: EbpfDatapath,
+                                                       dst: str) -> None:
+    """Guest to guest: switched by the bridge, never the node's, whatever the
+    IP destination says."""
+    for l4 in (TCP(sport=40000, dport=7070, flags="S"), UDP(dport=7071)):
+        assert_untouched(dp, lab, "brp", on_bridge(OTHER_GUEST_MAC, dst, l4))
+
+
+def test_bridge_port_forwarded_and_icmp_pass(lab: PacketLab, dp: EbpfDatapath) -> None:
+    """Routed through the node (the bridge's MAC, a remote address), ICMP and
+    ND to it, and broadcast ICMP/ARP-less discovery: untouched, uncounted."""
+    assert_untouched(dp, lab, "brp", on_bridge(BRIDGE_MAC, FORWARDED, UDP(dport=53)))
+    assert_untouched(dp, lab, "brp", on_bridge(BRIDGE_MAC, FORWARDED6, TCP(flags="S")))
+    assert_untouched(dp, lab, "brp", on_bridge(BRIDGE_MAC, BRIDGE_ADDR, ICMP()))
+    assert_untouched(dp, lab, "brp", on_bridge(BCAST_MAC, "255.255.255.255", ICMP()))
+    ns = ICMPv6ND_NS(tgt=BRIDGE_ADDR6)
+    assert_untouched(dp, lab, "brp", on_bridge("33:33:ff:00:00:01", "ff02::1:ff00:1", ns))
+
+
+def test_bridge_port_allowed_ports_pass(lab: PacketLab) -> None:
+    dp = lab.datapath(input_allow_udp=(67,), input_allow_tcp=(53,))
+    dp.sync(lab.taps({"brp": True}, bridge={"brp": "br"}))
+    dhcp = on_bridge(BCAST_MAC, "255.255.255.255", UDP(sport=68, dport=67), src="0.0.0.0")
+    assert_untouched(dp, lab, "brp", dhcp)
+    assert_untouched(dp, lab, "brp", on_bridge(BRIDGE_MAC, BRIDGE_ADDR, TCP(dport=53,
+                                                                             flags="S")))
+    assert_dropped(dp, lab, "brp", on_bridge(BRIDGE_MAC, BRIDGE_ADDR, UDP(dport=53)))
+    assert_host_copy_refused(dp, lab, on_bridge(BCAST_MAC, "255.255.255.255",
+                                                UDP(dport=68)))
+
+
+def test_bridge_port_reply_on_host_connection_passes(
+        lab: PacketLab, dp: EbpfDatapath, tcp_pair: tuple[socket.socket, socket.socket]
+) -> None:
+    client, _ = tcp_pair
+    cport = client.getsockname()[1]
+    ack = on_bridge(BRIDGE_MAC, LOOPBACK_ADDR, TCP(sport=cport, dport=7300, flags="A"),
+                    src=GATEWAY)
+    assert_untouched(dp, lab, "brp", ack)
+    syn = on_bridge(BRIDGE_MAC, LOOPBACK_ADDR, TCP(sport=cport + 1, dport=7300, flags="S"),
+                    src=GATEWAY)
+    assert_dropped(dp, lab, "brp", syn)
 
 
 # -- allow-lists -----------------------------------------------------------------------

@@ -51,12 +51,15 @@ class NftNode:
 
     def __init__(self, overrides: dict[str, Any] | None = None) -> None:
         from interceptor.node.datapath.nft import NftConfig, NftDatapath
-        self.dp = NftDatapath(NftConfig(**(overrides or {})))
+        knobs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
+                                 for k, v in (overrides or {}).items()}
+        self.dp = NftDatapath(NftConfig(**knobs))
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.servers: dict[str, asyncio.Server] = {}
         self.accepted: dict[str, int] = {}
+        self.datagrams: list[asyncio.DatagramTransport] = []
 
     def _run(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
@@ -126,6 +129,28 @@ class NftNode:
     def host_accepts(self, key: str) -> int:
         return self.accepted[key]
 
+    def udp_service(self, address: str, port: int) -> None:
+        """A UDP socket on the node counting datagrams (key "udp <addr>:<port>")."""
+        key = f"udp {address}:{port}"
+        self.accepted[key] = 0
+        accepted = self.accepted
+
+        class Count(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: Any) -> None:
+                accepted[key] += 1
+
+        import socket
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        if family == socket.AF_INET6:  # as asyncio's TCP servers: "::" is IPv6 only
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((address, port))
+
+        async def start() -> asyncio.DatagramTransport:
+            transport, _ = await self.loop.create_datagram_endpoint(Count, sock=sock)
+            return transport
+        self.datagrams.append(self._run(start()))
+
     def watch(self) -> dict[str, int]:
         """Start a LinkWatcher; returns its first state {ifname: ifindex}."""
         from interceptor.node.datapath.links import LinkWatcher
@@ -178,6 +203,8 @@ class NftNode:
             self._run(self.watcher.stop())
         for name in list(self.servers):
             self.unlisten(name)
+        for transport in self.datagrams:
+            self.loop.call_soon_threadsafe(transport.close)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
 
@@ -201,6 +228,37 @@ def element_count(topology: Topology, family: str, kind: str, name: str) -> int:
         if kind in item:
             return len(item[kind].get("elem", []))
     raise AssertionError(f"{family} {kind} {name} missing")
+
+
+def service_in(topology: Topology, guest: Guest, tcp: int, udp: int) -> Any:
+    """A TCP and a UDP socket on every address of ``guest``, counting what arrives."""
+    return topology.rpc("tests.e2e.hostservice:HostService", tcp, udp, netns=guest.netns)
+
+
+def wait_count(read: Any, want: int, timeout: float = 5.0) -> int:
+    """Poll ``read()`` until it reaches ``want`` or ``timeout`` passes; its last value."""
+    deadline = time.monotonic() + timeout
+    value = read()
+    while value < want and time.monotonic() < deadline:
+        time.sleep(0.05)
+        value = read()
+    return int(value)
+
+
+def send_udp(guest: Guest, address: str, port: int) -> None:
+    family = "AF_INET6" if ":" in address else "AF_INET"
+    r = guest.run(["python3", "-c", f"import socket; s=socket.socket(socket.{family}, "
+                   f"socket.SOCK_DGRAM); s.sendto(b'x', ({address!r}, {port}))"])
+    assert r.returncode == 0, r.stderr
+
+
+def wait_no_tentative(topology: Topology, *guests: Guest) -> None:
+    """Wait (bounded) for IPv6 duplicate address detection on both ends."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and (
+            sh(["ip", "-6", "addr", "show", "tentative"], netns=topology.node).stdout
+            or any(g.run(["ip", "-6", "addr", "show", "tentative"]).stdout for g in guests)):
+        time.sleep(0.1)
 
 
 @pytest.fixture
@@ -530,12 +588,14 @@ def test_bridged_guest_reads_through_its_tap(topology: Topology, node: Any, kind
     # The host resolved the guest on the tap, and the bridge is untouched.
     neigh = sh(["ip", "neigh", "show", "dev", guest.tap], netns=topology.node).stdout
     assert "10.0.0.2" in neigh and "lladdr" in neigh
-    if route == "gateway":  # the bridge still works both ways for everything else
-        node.call("host_service", "0.0.0.0", 8080)
+    if route == "gateway":  # the bridge still works for the host's own connections
+        service = service_in(topology, guest, 7080, 7081)
         sh(["ip", "neigh", "flush", "dev", bridge], netns=topology.node)
-        proc = guest.curl("http://10.0.0.1:8080/", max_time=2)
-        assert proc.stdout.startswith("host"), proc.stderr
-        assert node.call("host_accepts", "0.0.0.0:8080") == 1
+        sh(["curl", "-s", "--max-time", "2", "http://10.0.0.2:7080/"], netns=topology.node,
+           check=False)
+        assert service.call("seen")["tcp"] == 1  # the handshake completed over the bridge
+        assert "10.0.0.2" in sh(["ip", "neigh", "show", "dev", bridge],
+                                netns=topology.node).stdout
 
 
 def test_enslaving_a_steered_tap_needs_no_new_state(topology: Topology, node: Any) -> None:
@@ -592,9 +652,11 @@ def test_bridge_wearing_the_taps_mac_fails_closed(topology: Topology, node: Any)
     proc = guest.curl(MD, max_time=2)
     assert proc.returncode == 7, proc.stdout  # refused fast rather than hanging
     # What steering it would have broken: the host reaching the guest over the bridge.
-    node.call("host_service", "0.0.0.0", 8080)
+    service = service_in(topology, guest, 7080, 7081)
     sh(["ip", "neigh", "flush", "dev", bridge], netns=topology.node)
-    assert guest.curl("http://10.0.0.1:8080/", max_time=2).stdout.startswith("host")
+    sh(["curl", "-s", "--max-time", "2", "http://10.0.0.2:7080/"], netns=topology.node,
+       check=False)
+    assert service.call("seen")["tcp"] == 1
     # Given an address of its own, the bridge's tap is steered at the next sync.
     sh(["ip", "link", "set", bridge, "address", "02:b0:00:00:00:09"], netns=topology.node)
     steer_bridged(node, guest)
@@ -640,3 +702,82 @@ def test_guest_cannot_reach_host_over_ipv6_link_local(topology: Topology, node: 
     # Positive control: the service answers on the node itself.
     assert "host" in sh(["curl", "-sS", "--max-time", "2", "http://[::1]:8082/"],
                         netns=topology.node).stdout
+
+
+def input_drops_through_bridges(topology: Topology) -> int:
+    """Packets the host input filter dropped that came in through a bridge."""
+    out = sh(["nft", "-j", "list", "chain", "inet", "interceptor", "host_input"],
+             netns=topology.node).stdout
+    for item in json.loads(out)["nftables"]:
+        rule = item.get("rule")
+        if rule and any("counter" in e for e in rule["expr"]) and rule.get("comment", "") \
+                .startswith("the same, through a bridge"):
+            return int(next(e["counter"]["packets"] for e in rule["expr"] if "counter" in e))
+    raise AssertionError("no bridge drop counter in host_input")
+
+
+@pytest.mark.parametrize("brnf", [0, 1])
+def test_bridged_guest_cannot_reach_host_services(topology: Topology, brnf: int) -> None:
+    br_netfilter(topology, brnf)
+    node = topology.rpc("tests.e2e.test_datapath_nft:NftNode",
+                        {"input_allow_tcp": [8443], "input_allow_udp": [6767]})
+    node.call("install")
+    bridge = topology.add_bridge()
+    guest = topology.add_guest(bridge=bridge, route="gateway")  # 10.0.0.1/24 on the bridge
+    neighbour = topology.add_guest(bridge=bridge, ip="10.0.0.3/24")
+    routed = topology.add_guest(route="gateway", ip="10.1.0.2/24", gateway="10.1.0.1")
+    steer_bridged(node, guest, neighbour, routed)
+    sh(["ip", "route", "add", "10.1.0.2/32", "dev", routed.tap], netns=topology.node)
+    sh(["sysctl", "-qw", "net.ipv4.ip_forward=1"], netns=topology.node)
+    sh(["ip", "addr", "add", "fd00::1/64", "dev", bridge, "nodad"], netns=topology.node)
+    guest.run(["ip", "addr", "add", "fd00::2/64", "dev", "eth0", "nodad"])
+    wait_no_tentative(topology, guest)
+    host_ll = sh(["ip", "-6", "-o", "addr", "show", "dev", bridge, "scope", "link"],
+                 netns=topology.node).stdout.split()[3].split("/")[0]
+    for addr, port in (("0.0.0.0", 7070), ("::", 7070), ("0.0.0.0", 8443)):
+        node.call("host_service", addr, port)
+    for addr, port in (("0.0.0.0", 7071), ("::", 7071), ("0.0.0.0", 6767)):
+        node.call("udp_service", addr, port)
+    # Positive control: the services answer on the node itself.
+    for url in ("http://10.0.0.1:7070/", "http://[fd00::1]:7070/"):
+        assert sh(["curl", "-sS", "--max-time", "2", url], netns=topology.node
+                  ).stdout == "host"
+    before = input_drops_through_bridges(topology)
+
+    # Nothing but the allow-listed ports on any address of the host the guest
+    # can name: the bridge's IPv4, global IPv6 and link-local addresses.
+    for addr in ("10.0.0.1", "fd00::1", f"{host_ll}%eth0"):
+        url = f"http://[{addr}]:7070/" if ":" in addr else f"http://{addr}:7070/"
+        dropped = input_drops_through_bridges(topology)
+        proc = guest.curl(url, max_time=1)
+        assert proc.returncode == 28, (url, proc.returncode, proc.stderr)
+        assert input_drops_through_bridges(topology) > dropped, url  # the SYN, by the filter
+        send_udp(guest, addr, 7071)
+    proc = guest.curl("http://10.0.0.1:8443/", max_time=2)
+    assert proc.stdout.startswith("host"), proc.stderr  # allow-listed TCP
+    send_udp(guest, "10.0.0.1", 6767)  # allow-listed UDP, sent after the refused ones
+    assert wait_count(lambda: node.call("host_accepts", "udp 0.0.0.0:6767"), 1) == 1
+    assert node.call("host_accepts", "0.0.0.0:7070") == 1  # only the control
+    assert node.call("host_accepts", ":::7070") == 1
+    assert node.call("host_accepts", "udp 0.0.0.0:7071") == 0
+    assert node.call("host_accepts", "udp :::7071") == 0
+    assert input_drops_through_bridges(topology) >= before + 6
+
+    # Everything else still works: metadata through the tap, the host's own
+    # connections to the guest, guest to guest on the bridge, and traffic the
+    # node routes for the guest (the guest mark must not reach the policy rules).
+    code, body, _ = fetch(guest)
+    assert code == 200 and body.split()[0] == guest.tap
+    service = service_in(topology, guest, 7080, 7081)
+    sh(["curl", "-s", "--max-time", "2", "http://10.0.0.2:7080/"], netns=topology.node,
+       check=False)
+    assert service.call("seen")["tcp"] == 1
+    neighbour.curl("http://10.0.0.2:7080/", max_time=2)
+    send_udp(neighbour, "10.0.0.2", 7081)
+    assert wait_count(lambda: service.call("seen")["udp"], 1) == 1
+    assert service.call("seen")["tcp"] == 2
+    far = service_in(topology, routed, 7090, 7091)
+    guest.curl("http://10.1.0.2:7090/", max_time=2)
+    send_udp(guest, "10.1.0.2", 7091)
+    assert wait_count(lambda: far.call("seen")["udp"], 1) == 1
+    assert far.call("seen")["tcp"] == 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -253,3 +254,110 @@ def test_forwarded_and_host_initiated_traffic_passes(topology: Topology, node: A
     counters = node.call("counters")
     assert counters[a.tap]["extra"].get("host_input_dropped", 0) == 0
     assert counters[b.tap]["extra"].get("host_input_dropped", 0) == 0
+
+
+# -- bridged taps: what the bridge passes up to the node is filtered too ----------------
+
+BRIDGE_GW = "10.0.0.1"  # the bridge's address (the bridged guests' gateway)
+
+
+# Guest side: one UDP datagram to each broadcast address given (SO_BROADCAST).
+BROADCAST = """
+import socket, sys
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+for addr in sys.argv[2:]:
+    u.sendto(("bcast " + addr).encode(), (addr, int(sys.argv[1])))
+u.close()
+"""
+
+
+def broadcast(guest: Guest, *addrs: str) -> None:
+    r = guest.run(["python3", "-c", BROADCAST, str(PORT), *addrs], timeout=10)
+    assert r.returncode == 0, r.stderr
+
+
+def await_received(svc: NetnsRpc, want: list[str], timeout: float = 5.0) -> list[str]:
+    """What ``svc`` has received once ``want`` is all in (or the time is up)."""
+    deadline = time.monotonic() + timeout
+    got: list[str] = svc.call("received")
+    while not all(w in got for w in want) and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling for an event, not timing one
+        got = svc.call("received")
+    return got
+
+
+def bridged_guests(topology: Topology, count: int) -> list[Guest]:
+    """Guests 10.0.0.2.. on one bridge (its own MAC, 10.0.0.1/24, GW6/64 and
+    LL on it), the first one dual stack."""
+    bridge = topology.add_bridge()
+    guests = [topology.add_guest(ip=f"10.0.0.{i + 2}/24", route="gateway", gateway=BRIDGE_GW,
+                                 bridge=bridge) for i in range(count)]
+    for addr in (f"{GW6}/64", f"{LL}/64"):
+        sh(["ip", "-6", "addr", "add", addr, "dev", bridge, "nodad"], netns=topology.node)
+    guests[0].run(["ip", "-6", "addr", "add", "2001:db8:1::2/64", "dev", "eth0", "nodad"],
+                  check=True)
+    return guests
+
+
+def steer_bridged(node: Any, *guests: Guest, refused: tuple[Guest, ...] = ()) -> None:
+    node.call("fwmark_accept", 1)
+    taps = {g.tap: {"steer": True, "bridge": g.bridge} for g in guests}
+    taps.update({g.tap: {"steer": False, "bridge": g.bridge} for g in refused})
+    node.call("sync", taps)
+    for g in guests:
+        node.call("listen", g.tap)
+
+
+def test_bridged_guests_reach_no_host_service(topology: Topology, node: Any) -> None:
+    """Guests on a bridge, steered and refused: TCP and UDP to the bridge's
+    addresses (IPv4, IPv6 global and link-local), another interface's and
+    the metadata address on another port reach nothing; broadcast reaches the
+    other guest but not the node. Guest to guest, ICMP to the node, the
+    node's own connections to a guest and the metadata service work."""
+    routed_node(topology)
+    a, b, refused = bridged_guests(topology, 3)
+    steer_bridged(node, a, b, refused=(refused,))
+    svc = service(topology)
+    in_b = service(topology, netns=b.netns)
+    for guest in (a, refused):
+        targets = [BRIDGE_GW, UPLINK, "169.254.169.254"]
+        if guest is a:
+            targets += [GW6, LL]
+        result = probe(guest, targets)
+        assert all(v in ("TimeoutError", "ConnectionRefusedError") for v in result.values()), \
+            result
+    # Guest to guest over the bridge (TCP and UDP), then broadcast: b hears
+    # it, the node does not.
+    assert probe(a, ["10.0.0.3"]) == {"10.0.0.3": "hello\n"}
+    broadcast(a, "10.0.0.255", "255.255.255.255")
+    want_b = ["tcp 10.0.0.2", "udp 10.0.0.2 10.0.0.3", "udp 10.0.0.2 bcast 10.0.0.255",
+              "udp 10.0.0.2 bcast 255.255.255.255"]
+    assert sorted(await_received(in_b, want_b)) == sorted(want_b)
+    assert svc.call("received") == []
+    counters = node.call("counters")
+    assert counters[a.tap]["extra"]["host_input_dropped"] >= 10  # 4 node addresses, 2 broadcasts
+    assert counters[refused.tap]["extra"]["host_input_dropped"] >= 4
+    assert counters[b.tap]["extra"].get("host_input_dropped", 0) == 0
+    assert echo(a, BRIDGE_GW) and echo(a, "10.0.0.3")
+    # The node opens connections to a bridged guest: its replies come in
+    # through the bridge, to the bridge's address.
+    assert svc.call("talk", "10.0.0.3", PORT) == "hello\n"
+    assert fetch(a)[0] == 200 and fetch(b)[0] == 200
+
+
+def test_bridged_allowed_ports_reach_the_host(topology: Topology,
+                                              allowing_node: Any) -> None:
+    routed_node(topology)
+    a, b = bridged_guests(topology, 2)
+    steer_bridged(allowing_node, a, b)
+    svc = service(topology)
+    result = probe(a, [BRIDGE_GW, UPLINK, GW6])
+    assert result == {BRIDGE_GW: "hello\n", UPLINK: "hello\n", GW6: "hello\n"}
+    broadcast(a, "10.0.0.255")
+    want = ["tcp 10.0.0.2", "udp 10.0.0.2 10.0.0.1", "tcp 10.0.0.2",
+            "udp 10.0.0.2 192.0.2.1", "tcp 2001:db8:1::2",
+            "udp 2001:db8:1::2 2001:db8:1::1", "udp 10.0.0.2 bcast 10.0.0.255"]
+    got = await_received(svc, want)
+    assert sorted(got) == sorted(want), got
+    assert allowing_node.call("counters")[a.tap]["extra"].get("host_input_dropped", 0) == 0

@@ -101,10 +101,10 @@ def test_prometheus_scrape_counts_exactly_the_guest_requests(topology: Topology)
         with prometheus_server(targets, netns=stack.netns, scrape_interval="1s") as prom:
             up = prom.wait_for_targets_up(timeout=30)
             assert {t["labels"]["job"] for t in up} == {"node", "backend"}
-            # The per-VM label is called "instance", which Prometheus keeps as
-            # "exported_instance" (its own "instance" names the target).
+            # The per-VM label is "instance_id": Prometheus's own "instance"
+            # label names the scrape target.
             total = prom.wait_for_value(
-                f'sum(interceptor_node_vm_requests_total{{job="node",exported_instance="{iid}"}})',
+                f'sum(interceptor_node_vm_requests_total{{job="node",instance_id="{iid}"}})',
                 lambda v: v == len(answered), timeout=30)
             assert total == len(answered)
             by_status = prom.wait_for_value(

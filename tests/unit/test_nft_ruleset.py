@@ -10,7 +10,7 @@ import pytest
 
 from interceptor.common.errors import DatapathError
 from interceptor.node.datapath import nft
-from interceptor.node.datapath.base import TapState
+from interceptor.node.datapath.base import MARK_MASK, MARK_TAG, TapState
 from interceptor.node.datapath.bridge import (
     BYPASS_BIT,
     BYPASS_MAC,
@@ -59,6 +59,25 @@ def test_ruleset_has_no_per_tap_rules_and_fails_closed() -> None:
     # Limits from the config.
     assert "limit rate over 20/second burst 40 packets" in text
     assert "ct count over 64" in text
+
+
+def test_every_guest_frame_is_marked_for_the_host_input_filter() -> None:
+    # Bridged taps: the IP layer sees the bridge as iif, so the filter also
+    # keys on the mark set at the tap's ingress, before anything else.
+    chain = render_ingress_chain(NftConfig(), 0, ["tap0"])
+    rules = [ln.strip() for ln in chain.splitlines() if ln.startswith("    ")]
+    assert rules[1].startswith("meta mark set meta mark & 0x00ffffff | 0x4e000000 ")
+    text = render_ruleset(NftConfig())
+    host_input = text[text.index("chain host_input"):text.index("table netdev")]
+    rules = [ln.strip() for ln in host_input.splitlines() if ln.startswith("    ")]
+    assert rules[1] == ('meta mark & 0xff000000 != 0x4e000000 iif != @managed '
+                        'iifname != { "mdtap*", "tap*", "vnet*" } return')
+    # Dropped from a tap: counted per tap; through a bridge: one counter.
+    assert rules[-2].startswith("iif @managed update @cnt_input_drop { iif } drop")
+    assert rules[-1].startswith("counter drop")
+    # Policy routing matches the steering tag only: the guest tag never hits it.
+    assert nft.GUEST_MARK_TAG & MARK_MASK != MARK_TAG & MARK_MASK
+    assert nft.GUEST_MARK_TAG & ~MARK_MASK == 0
 
 
 def test_config_knobs_reach_the_ruleset() -> None:

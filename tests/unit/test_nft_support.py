@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from interceptor.common.errors import DatapathError
-from interceptor.node.datapath.links import LinkInfo, _links_from, matches
+from interceptor.node.datapath.bridge import Link as RawLink
+from interceptor.node.datapath.links import LinkInfo, _managed, matches
 from interceptor.node.datapath.listeners import TapListenerError, open_tap_listener
 from interceptor.node.datapath.routing import (
     FR_ACT_GOTO,
@@ -54,24 +54,19 @@ def test_listener_refuses_bad_names(name: str) -> None:
         open_tap_listener(name)
 
 
-def msg(index: int, name: str, kind: str | None = None, master: int = 0,
-        operstate: str = "UP", flags: int = 1) -> dict[str, Any]:
-    return {"index": index, "ifname": name, "master": master,
-            "address": f"02:00:00:00:00:{index:02x}", "operstate": operstate, "flags": flags,
-            "IFLA_LINKINFO": {"IFLA_INFO_KIND": kind} if kind else None}
-
-
 def test_links_filter_by_pattern_and_report_bridges() -> None:
-    msgs = [msg(1, "lo"), msg(2, "br0", "bridge"), msg(3, "tap1", "tun", master=2),
-            msg(4, "vnet7", "tun", operstate="DOWN", flags=0), msg(5, "eth0", "veth"),
-            msg(6, "mdtapx", "veth", master=7), msg(7, "bond0", "bond"),
-            msg(8, "tap9", "tun", operstate="UNKNOWN")]
-    links = _links_from(msgs, ("tap*", "vnet*", "mdtap*"))
+    raw = {1: RawLink("lo", "00:00:00:00:00:00"), 2: RawLink("br0", "02:00:00:00:00:02",
+                                                             kind="bridge"),
+           3: RawLink("tap1", "02:00:00:00:00:03", master=2, kind="tun"),
+           4: RawLink("vnet7", "02:00:00:00:00:04", kind="tun"),
+           5: RawLink("eth0", "02:00:00:00:00:05", kind="veth"),
+           6: RawLink("mdtapx", "02:00:00:00:00:06", master=7, kind="veth"),
+           7: RawLink("bond0", "02:00:00:00:00:07", kind="bond")}
+    links = _managed(raw, ("tap*", "vnet*", "mdtap*"))
     assert links == {
-        "tap1": LinkInfo(3, "br0", "02:00:00:00:00:03", True),
-        "vnet7": LinkInfo(4, None, "02:00:00:00:00:04", False),
-        "mdtapx": LinkInfo(6, None, "02:00:00:00:00:06", True),  # a bond is no bridge
-        "tap9": LinkInfo(8, None, "02:00:00:00:00:08", True),  # tun: UNKNOWN but IFF_UP
+        "tap1": LinkInfo(3, "br0", "02:00:00:00:00:03"),
+        "vnet7": LinkInfo(4, None, "02:00:00:00:00:04"),
+        "mdtapx": LinkInfo(6, None, "02:00:00:00:00:06"),  # a bond is no bridge
     }
 
 

@@ -37,6 +37,10 @@ answers would be taken for the tap's and the host would lose the guest on
 the bridge. Such a tap fails closed, with a warning; give the bridge its own
 address (``ip link set <bridge> address <mac>``; libvirt does).
 
+Frames that are not readdressed go through the bridge as usual; those the
+bridge passes up to the host are still filtered like a routed tap's (the
+netdev ingress chain marks every frame from a managed tap: see nft.py).
+
 Only untagged IPv4 is readdressed: a guest that sends 802.1Q-tagged frames
 on a trunk port reaches the bridge's VLANs as before (neither steered nor
 refused), as with any other traffic it tags.

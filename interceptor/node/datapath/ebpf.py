@@ -11,7 +11,8 @@ maps keyed by ifindex, pinned under ``<bpffs>/interceptor/<instance>/``:
 * ``stats``      ifindex -> per-CPU counters (read by ``counters``).
 * ``syn_bucket`` ifindex -> per-tap SYN token bucket state.
 * ``config``     the ARP reply MAC, SYN rate and burst.
-* ``bridge_ports`` ifindex -> 1 for taps enslaved to a bridge (no host filter).
+* ``bridge_ports`` ifindex -> the bridge's ifindex and MAC, for taps enslaved
+  to a bridge (the host input filter judges their frames as the bridge's).
 * ``host_allow`` (protocol << 16 | port) -> 1: ports on the node guests may use.
 
 Host services: whatever a routed tap's guest sends that the node would
@@ -44,11 +45,20 @@ local (routing.py). A tap that cannot be steered that way (it has its
 bridge's MAC, or its port forwards the group address:
 :meth:`bridge.PortFacts.unsteerable`) is left fail closed (refused: RST, no
 ARP answer) with one warning, checked at every ``sync``. A bridge-family
-input chain with a drop policy must accept the group address. The host input
-filter is not applied on bridge ports: what they send goes to the bridge,
-whose own addresses are the operator's business, as with nft, whose input
-hook sees the bridge as iif for those frames (the readdressed frames, which
-do enter with iif = the tap, are the metadata connection and ARP replies).
+input chain with a drop policy must accept the group address.
+
+The host input filter applies to bridge ports too, to what the bridge would
+pass up to the node: unicast to the bridge's MAC or the tap's own, and
+broadcast and multicast. Those are judged by a FIB lookup as if they entered
+on the bridge (so its addresses and every other local one count), and
+unicast to other stations (guest to guest) is left alone. A refused
+broadcast or multicast frame is not dropped but made ``PACKET_OTHERHOST``:
+the bridge still floods it to the other guests, the node's IP layer drops
+its copy. Each sync records the bridge (ifindex and MAC) of every tap the
+kernel reports enslaved, from one link dump; a bridge whose MAC changes
+between syncs (one without an address of its own, gaining a port) leaves
+unicast to the new MAC unfiltered until the next sync, so give bridges a
+fixed address (libvirt does; bridge.py needs it for steering too).
 
 Everything acts in the network namespace of the calling thread.
 """
@@ -72,7 +82,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from interceptor.common.errors import DatapathError
 from interceptor.node.datapath.base import TapCounters, TapState
-from interceptor.node.datapath.bridge import port_facts
+from interceptor.node.datapath.bridge import Link, dump_links, facts_from
 from interceptor.node.datapath.ebpf_syscall import pinned_map_info
 from interceptor.node.datapath.routing import DEFAULT_PREF, DEFAULT_TABLE, PolicyRouting
 
@@ -215,7 +225,8 @@ class EbpfDatapath:
         for name, tap in taps.items():
             if name != tap.ifname:
                 raise DatapathError(f"ebpf: bad tap entry {name!r}")
-        blocked = self._unsteerable(taps)
+        links = dump_links() if taps else {}  # one dump: bridges and steerability
+        blocked = self._unsteerable(taps, links)
         for name, why in sorted(blocked.items()):
             if self._blocked.get(name) != why:  # once per tap and reason
                 log.warning("ebpf: tap %s is not steered (fail closed): %s", name, why)
@@ -228,7 +239,7 @@ class EbpfDatapath:
             if first:
                 self._attached = self._scan_attached(ipr)
                 self._reconciled = True
-            self._set_entries(taps, set(blocked))
+            self._set_entries(taps, set(blocked), links)
             for ifindex in sorted(self._attached - want):
                 self._detach(ipr, ifindex)
             for ifindex in sorted(want if first else want - self._attached):
@@ -244,11 +255,12 @@ class EbpfDatapath:
         (see bridge.py); for operators' status output and tests."""
         return dict(self._blocked)
 
-    def _unsteerable(self, taps: Mapping[str, TapState]) -> dict[str, str]:
+    def _unsteerable(self, taps: Mapping[str, TapState], links: Mapping[int, Link]
+                     ) -> dict[str, str]:
         """Taps meant to be steered whose frames cannot reach their listener
-        (bridge.py), by name, with the reason; from one netlink dump."""
+        (bridge.py), by name, with the reason."""
         wanted = {tap.ifindex: name for name, tap in taps.items() if tap.steer}
-        facts = port_facts(wanted) if wanted else {}
+        facts = facts_from(links, set(wanted)) if wanted else {}
         out: dict[str, str] = {}
         for idx, name in wanted.items():
             why = facts[idx].unsteerable() if idx in facts else None
@@ -391,7 +403,8 @@ class EbpfDatapath:
     def _table(self, name: str) -> Any:
         return self._bpf[name.encode()]  # BCC wants bytes for names
 
-    def _set_entries(self, taps: Mapping[str, TapState], blocked: set[str]) -> None:
+    def _set_entries(self, taps: Mapping[str, TapState], blocked: set[str],
+                     links: Mapping[int, Link]) -> None:
         enabled = self._table("enabled")
         want = {tap.ifindex: tap.mark for tap in taps.values()
                 if tap.steer and tap.ifname not in blocked}
@@ -403,14 +416,19 @@ class EbpfDatapath:
                 leaf = enabled.Leaf()
                 leaf.mark = mark
                 enabled[enabled.Key(ifindex)] = leaf
-        # Bridge ports: the host input filter leaves their frames alone.
+        # Bridge ports: the host input filter judges them as their bridge.
         ports = self._table("bridge_ports")
-        want_ports = {tap.ifindex for tap in taps.values() if tap.bridge}
-        have_ports = {int(k.value) for k in ports}
-        for ifindex in have_ports - want_ports:
+        want_ports = bridges_of(taps, links)
+        have_ports = {int(k.value): (int(v.bridge_ifindex), bytes(v.bridge_mac))
+                      for k, v in ports.items()}
+        for ifindex in have_ports.keys() - want_ports.keys():
             _delete(ports, ports.Key(ifindex))
-        for ifindex in want_ports - have_ports:
-            ports[ports.Key(ifindex)] = ports.Leaf(1)
+        for ifindex, (bridge, mac) in want_ports.items():
+            if have_ports.get(ifindex) != (bridge, mac):
+                leaf = ports.Leaf()
+                leaf.bridge_ifindex = bridge
+                leaf.bridge_mac = (ctypes.c_ubyte * 6)(*mac)
+                ports[ports.Key(ifindex)] = leaf
         # Counters and buckets of taps that are gone (their ifindex never returns).
         keep = {tap.ifindex for tap in taps.values()}
         for name in ("stats", "syn_bucket"):
@@ -475,6 +493,23 @@ class EbpfDatapath:
             except NetlinkError:
                 continue
         return found
+
+
+def bridges_of(taps: Mapping[str, TapState], links: Mapping[int, Link]
+               ) -> dict[int, tuple[int, bytes]]:
+    """tap ifindex -> (bridge ifindex, bridge MAC) for every tap the kernel
+    (the link dump) shows enslaved to a bridge. Its word wins over
+    ``TapState.bridge``, which may be a sync old: a tap enslaved since is
+    judged as a port at once, one released since as a routed tap."""
+    out: dict[int, tuple[int, bytes]] = {}
+    for tap in taps.values():
+        link = links.get(tap.ifindex)
+        master = links.get(link.master) if link is not None and link.master else None
+        if link is None or master is None or master.kind != "bridge":
+            continue
+        mac = bytes.fromhex(master.mac.replace(":", "")) if master.mac else bytes(6)
+        out[tap.ifindex] = (link.master, mac)
+    return out
 
 
 class _LinkGone(Exception):

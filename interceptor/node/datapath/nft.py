@@ -9,6 +9,12 @@ device, so it costs nothing per packet either.
 
 Per packet, from a managed tap:
 
+* netdev ingress, first of all: every frame from a managed tap gets the
+  high mark byte :data:`GUEST_MARK_TAG` (low bits kept). skb->mark survives
+  a bridge, so this is how the inet chains recognise a guest's packet that
+  entered the IP layer on the tap's bridge (iif = the bridge, not the tap).
+  The policy routing rules match ``MARK_TAG`` only, so routed (forwarded)
+  guest traffic is unaffected; the steering rule overwrites the mark.
 * netdev ingress (before the IP stack and before any bridge, on the tap
   itself): ARP request for the metadata address on a *steered* tap (on any
   managed tap with ``arp_when_refused``) is rewritten into a reply (fixed
@@ -32,10 +38,12 @@ Per packet, from a managed tap:
   tap that matches the name patterns but was not synced yet, and a steered
   tap whose listener is gone, where dropping lets the guest retry by SYN
   retransmit while the daemon restarts).
-* inet input: from a managed tap only the steered metadata connection, ICMP,
-  replies to connections the host opened, and configured UDP/TCP ports reach
-  local sockets; everything else (other ports on 169.254.169.254, the host's
-  addresses on the tap, any other local address) is dropped.
+* inet input: from a managed tap (by ``iif``, by name pattern, or by the
+  guest mark when a bridge is in between) only the steered metadata
+  connection, ICMP, replies to connections the host opened, and configured
+  UDP/TCP ports reach local sockets; everything else (other ports on
+  169.254.169.254, the host's addresses on the tap or its bridge, IPv4 and
+  IPv6, any other local address) is dropped.
 * Conntrack zones per tap keep two guests with the same address and port
   apart in conntrack (and so in ``ct count``).
 
@@ -52,9 +60,11 @@ came in on, two guests on one bridge with the same address and port still
 get separate sockets, and replies leave through the tap, not through the
 bridge's forwarding database. ``br_netfilter`` (``bridge-nf-call-iptables``
 0 or 1) makes no difference, since those frames never enter the bridge's
-hooks. The host-input filter covers what enters the IP stack on a tap; what
-a bridged guest sends to the bridge's own addresses is the bridge's (the
-operator's) business. A tap whose MAC is its bridge's MAC, or whose bridge
+hooks. Everything else a bridged guest sends to the host (the bridge's own
+addresses, link-local and global IPv6, DHCP broadcasts) enters the IP stack
+on the bridge and meets the host-input filter through the guest mark; it is
+counted by one rule counter, not per tap (the ifindex is not in the mark, so
+an operator's low mark bits stay as they were). A tap whose MAC is its bridge's MAC, or whose bridge
 port forwards the readdressed frames, is not steered (fail closed, one
 warning per tap): see :meth:`bridge.PortFacts.unsteerable`. That check runs
 at every ``sync``; a bridge that adopts a tap's MAC later (its own port with
@@ -246,7 +256,8 @@ update @cnt_steered {{ iif }} tproxy ip to {md}:{cfg.listen_port} accept
 accept
     ct state established,related accept
     meta l4proto {{ icmp, ipv6-icmp }} accept
-{allow}    iif @managed update @cnt_input_drop {{ iif }} drop comment "no other host service for guests"
+{allow}    iif @managed update @cnt_input_drop {{ iif }} drop \
+comment "no other host service for guests"
     counter drop comment "the same, through a bridge (iif is the bridge: not counted per tap)"
   }}
 }}

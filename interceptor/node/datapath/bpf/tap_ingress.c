@@ -23,7 +23,9 @@
  *   to itself                         below): dropped unless ICMP/ICMPv6
  *                                     (ND included), a reply on a connection
  *                                     the host opened, or to an allowed port;
- *                                     not applied on bridged taps.
+ *                                     on a bridged tap judged as entering on
+ *                                     its bridge, and only for frames the
+ *                                     bridge passes up to the node.
  *   everything else                   TC_ACT_OK, untouched (forwarded).
  *
  * Bridged taps (a tap enslaved to a Linux bridge): tc ingress runs before
@@ -124,14 +126,17 @@ BPF_TABLE_PINNED("percpu_hash", __u32, struct tap_stats, stats, MAX_TAPS,
 BPF_TABLE_PINNED("hash", __u32, struct syn_bucket, syn_bucket, MAX_TAPS,
                  PIN_DIR "/syn_bucket", BPF_F_NO_PREALLOC);
 BPF_TABLE_PINNED("array", __u32, struct dp_config, config, 1, PIN_DIR "/config");
-/* Taps that are ports of a Linux bridge (ifindex -> 1): their frames other
- * than the readdressed ones go to the bridge, whose own addresses are the
- * bridge's (the operator's) business, so the host input filter does not
- * apply; as in the nft datapath, whose input hook sees the bridge as iif for
- * them. (The readdressed frames reach the IP stack with the tap as iif, but
- * they are the metadata connection and ARP replies, which pass anyway.) */
-BPF_TABLE_PINNED("hash", __u32, __u8, bridge_ports, MAX_TAPS, PIN_DIR "/bridge_ports",
-                 BPF_F_NO_PREALLOC);
+/* Value of `bridge_ports`: the bridge a tap is enslaved to. */
+struct bridge_port {
+    __u32 bridge_ifindex;    /* the IP layer's input device for what it passes up */
+    __u8 bridge_mac[6];      /* unicast frames to it are passed up to the node */
+    __u16 pad;
+};
+
+/* Taps that are ports of a Linux bridge (ifindex -> their bridge): see
+ * "bridge ports" at the host input filter below. */
+BPF_TABLE_PINNED("hash", __u32, struct bridge_port, bridge_ports, MAX_TAPS,
+                 PIN_DIR "/bridge_ports", BPF_F_NO_PREALLOC);
 /* Ports the node serves its guests (DHCP, DNS ...): key allow_key(), value 1. */
 BPF_TABLE_PINNED("hash", __u32, __u8, host_allow, MAX_ALLOWED_PORTS, PIN_DIR "/host_allow",
                  BPF_F_NO_PREALLOC);
@@ -427,15 +432,32 @@ static __always_inline int steer(struct __sk_buff *skb, struct iphdr *ip, struct
  * guest then misses the ICMP unreachable the node would send). IPv4 limited
  * broadcast and multicast are delivered locally without being a route the
  * lookup reports, so they are host input by address.
+ *
+ * Bridge ports: a frame the program lets go is the bridge's. The bridge
+ * passes up to the node (IP input device: the bridge) a unicast frame to a
+ * local FDB entry, the bridge's own MAC or a port's (pkt_type HOST here when
+ * it is this tap's MAC; the bridge sets HOST for its own MAC after us, and
+ * the IP layer drops the other ports' as OTHERHOST), and a copy of every
+ * broadcast and multicast frame, which it floods to the other ports too.
+ * Unicast to any other MAC is a neighbour's (another guest's) and is left
+ * alone, whatever its IP destination: forwarding may be off on the bridge,
+ * or the guests' addresses unknown to the node. For the others the lookup is
+ * made as if the packet came in on the bridge, so the bridge's addresses and
+ * every other local one are found as on a routed tap. Not allowed: unicast is
+ * dropped; broadcast and multicast are made PACKET_OTHERHOST, which the
+ * bridge still floods to the other ports (it goes by the address) but the IP
+ * layer drops for the node, so guests on one bridge still hear each other's
+ * DHCP, ARP-less discovery and the like.
  */
 
 #define ALLOW_KEY(proto, port) (((__u32)(proto) << 16) | (port))
 #define TCP_FLAG_SYN_BYTE 0x02  /* in byte 13 of the TCP header */
 #define TCP_FLAG_ACK_BYTE 0x10
 
-static __always_inline int fib_says_host(struct __sk_buff *skb, struct bpf_fib_lookup *p)
+static __always_inline int fib_says_host(struct __sk_buff *skb, struct bpf_fib_lookup *p,
+                                         __u32 ifindex)
 {
-    p->ifindex = skb->ifindex;
+    p->ifindex = ifindex;
     long rc = bpf_fib_lookup(skb, p, sizeof(*p), 0);
     if (rc < 0)
         return 1;  /* cannot tell: fail closed */
@@ -477,10 +499,12 @@ static __always_inline int host_connection(struct __sk_buff *skb, __u8 proto, __
 }
 
 /* Verdict for a packet the node would deliver to itself. `l4off` is where
- * the transport header starts; `tuple` has the addresses filled in. */
+ * the transport header starts; `tuple` has the addresses filled in; `group`:
+ * a bridge port's broadcast/multicast frame (see "Bridge ports" above). */
 static __always_inline int host_verdict(struct __sk_buff *skb, __u8 proto, __u32 l4off,
                                         __u32 l4end, struct bpf_sock_tuple *tuple,
-                                        __u32 tuple_len, __be16 *sport, __be16 *dport)
+                                        __u32 tuple_len, __be16 *sport, __be16 *dport,
+                                        int group)
 {
     if (proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6)
         return TC_ACT_OK;
@@ -498,12 +522,37 @@ static __always_inline int host_verdict(struct __sk_buff *skb, __u8 proto, __u32
     }
     struct tap_stats *st = stats_for(skb->ifindex);
     COUNT(st, host_input);
+    if (group)  /* the node's copy only: the other ports still get theirs */
+        return bpf_skb_change_type(skb, PACKET_OTHERHOST) < 0 ? TC_ACT_SHOT : TC_ACT_OK;
     return TC_ACT_SHOT;
 }
 
-static __always_inline int is_bridge_port(__u32 ifindex)
+/* Where the IP layer would take this frame in, for the FIB lookup: the tap,
+ * its bridge, or 0 when the frame never reaches the node's IP layer (a
+ * bridge port's unicast to another station). *group is set for a bridge
+ * port's broadcast/multicast frame. One hash lookup per frame. */
+static __always_inline __u32 input_device(struct __sk_buff *skb, int *group)
 {
-    return bridge_ports.lookup(&ifindex) != 0;
+    __u32 ifindex = skb->ifindex;
+    *group = 0;
+    struct bridge_port *bp = bridge_ports.lookup(&ifindex);
+    if (!bp)
+        return ifindex;
+    if (skb->pkt_type == PACKET_BROADCAST || skb->pkt_type == PACKET_MULTICAST) {
+        *group = 1;
+        return bp->bridge_ifindex;
+    }
+    if (skb->pkt_type == PACKET_HOST)  /* this tap's MAC: a local FDB entry */
+        return bp->bridge_ifindex;
+    __u8 dst[ETH_ALEN];
+    if (bpf_skb_load_bytes(skb, 0, dst, ETH_ALEN) < 0)
+        return 0;
+    /* (no memcmp: it would be a library call) */
+    __u8 diff = 0;
+#pragma unroll
+    for (int i = 0; i < ETH_ALEN; i++)
+        diff |= dst[i] ^ bp->bridge_mac[i];
+    return diff ? 0 : bp->bridge_ifindex;
 }
 
 static __always_inline int ipv4_host_input(struct __sk_buff *skb, struct iphdr *ip)
@@ -513,7 +562,11 @@ static __always_inline int ipv4_host_input(struct __sk_buff *skb, struct iphdr *
         return TC_ACT_OK;  /* the stack drops a bad header itself */
     /* A later fragment reaches no socket without its first fragment, which
      * is judged here like a whole datagram. */
-    if (ip->frag_off & bpf_htons(IP_OFFSET) || is_bridge_port(skb->ifindex))
+    if (ip->frag_off & bpf_htons(IP_OFFSET))
+        return TC_ACT_OK;
+    int group;
+    __u32 input = input_device(skb, &group);
+    if (!input)
         return TC_ACT_OK;
 
     __u32 daddr = bpf_ntohl(ip->daddr);
@@ -526,7 +579,7 @@ static __always_inline int ipv4_host_input(struct __sk_buff *skb, struct iphdr *
         p.l4_protocol = ip->protocol;
         p.ipv4_src = ip->saddr;
         p.ipv4_dst = ip->daddr;
-        host = fib_says_host(skb, &p);
+        host = fib_says_host(skb, &p, input);
     }
     if (!host)
         return TC_ACT_OK;
@@ -536,7 +589,7 @@ static __always_inline int ipv4_host_input(struct __sk_buff *skb, struct iphdr *
     tuple.ipv4.daddr = ip->daddr;
     return host_verdict(skb, ip->protocol, sizeof(struct ethhdr) + (ihl & 0x3f),
                         sizeof(struct ethhdr) + bpf_ntohs(ip->tot_len), &tuple,
-                        sizeof(tuple.ipv4), &tuple.ipv4.sport, &tuple.ipv4.dport);
+                        sizeof(tuple.ipv4), &tuple.ipv4.sport, &tuple.ipv4.dport, group);
 }
 
 /* IPv6 extension header, as far as skipping it needs. */
@@ -550,15 +603,19 @@ static __always_inline int handle_ipv6(struct __sk_buff *skb)
 {
     struct ipv6hdr ip6;
     if (bpf_skb_load_bytes(skb, sizeof(struct ethhdr), &ip6, sizeof(ip6)) < 0 ||
-        ip6.version != 6 || is_bridge_port(skb->ifindex))
-        return TC_ACT_OK;  /* the stack drops it itself; a bridge port: see bridge_ports */
+        ip6.version != 6)
+        return TC_ACT_OK;  /* the stack drops it itself */
+    int group;
+    __u32 input = input_device(skb, &group);
+    if (!input)
+        return TC_ACT_OK;
 
     struct bpf_fib_lookup p = {};
     p.family = AF_INET6;
     p.l4_protocol = ip6.nexthdr;
     __builtin_memcpy(p.ipv6_src, &ip6.saddr, sizeof(p.ipv6_src));
     __builtin_memcpy(p.ipv6_dst, &ip6.daddr, sizeof(p.ipv6_dst));
-    if (!fib_says_host(skb, &p))
+    if (!fib_says_host(skb, &p, input))
         return TC_ACT_OK;
 
     __u8 proto = ip6.nexthdr;
@@ -586,7 +643,7 @@ static __always_inline int handle_ipv6(struct __sk_buff *skb)
     __builtin_memcpy(tuple.ipv6.saddr, &ip6.saddr, sizeof(tuple.ipv6.saddr));
     __builtin_memcpy(tuple.ipv6.daddr, &ip6.daddr, sizeof(tuple.ipv6.daddr));
     return host_verdict(skb, proto, off, end, &tuple, sizeof(tuple.ipv6),
-                        &tuple.ipv6.sport, &tuple.ipv6.dport);
+                        &tuple.ipv6.sport, &tuple.ipv6.dport, group);
 }
 
 static __always_inline int handle_ipv4(struct __sk_buff *skb, struct ethhdr *eth)
