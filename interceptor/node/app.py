@@ -105,13 +105,15 @@ class NodeDaemon:
                 api.handle, metrics=self.metrics,
                 limits=HttpLimits(max_connections_per_tap=cfg.max_connections))
             stack.push_async_callback(server.close)
-            stack.push_async_callback(server.shutdown, cfg.shutdown_grace)
 
             forgetter = _InstanceForgetter(cache, api, self.metrics)
             taps = TapManager(datapath, server, disabled_action=cfg.disabled_action,
                               address=cfg.metadata_address, port=cfg.metadata_port,
                               on_instances_changed=forgetter.served)
             stack.push_async_callback(taps.close)
+            # Unwound first: stop accepting and let in-flight requests finish
+            # (bounded), only then close the listeners and remove the datapath.
+            stack.push_async_callback(server.shutdown, cfg.shutdown_grace)
 
             bindings = _BindingsLoader(client, taps)
             watcher = FeedWatcher(client, cache, bindings.reload, metrics=self.metrics)
@@ -149,8 +151,9 @@ class NodeDaemon:
             done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
             stopper.cancel()
             for task in done:
-                if task is not stopper and task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
+                failure = None if task is stopper else task.exception()
+                if failure is not None:
+                    raise failure
             log.info("node %s: stopping", cfg.node_name)
 
 
