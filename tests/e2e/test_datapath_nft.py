@@ -753,6 +753,7 @@ def test_bridged_guest_cannot_reach_host_services(topology: Topology, brnf: int)
         assert proc.returncode == 28, (url, proc.returncode, proc.stderr)
         assert input_drops_through_bridges(topology) > dropped, url  # the SYN, by the filter
         send_udp(guest, addr, 7071)
+    node.call("fwmark_accept", 1)  # the accepted socket's replies carry the guest mark
     proc = guest.curl("http://10.0.0.1:8443/", max_time=2)
     assert proc.stdout.startswith("host"), proc.stderr  # allow-listed TCP
     send_udp(guest, "10.0.0.1", 6767)  # allow-listed UDP, sent after the refused ones
