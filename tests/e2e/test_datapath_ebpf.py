@@ -178,12 +178,18 @@ def unpin(instance: str) -> None:
         pin_dir.rmdir()
 
 
+# A host service guests may use (input_allow_tcp): the bridged tests show the
+# bridge still carries guest <-> host traffic; test_host_input_ebpf.py shows
+# everything else to the node is refused, through a bridge too.
+HOST_PORT = 8080
+
+
 @pytest.fixture
 def node(topology: Topology) -> Any:
     """A loader in the node namespace; afterwards a fresh one removes the
     datapath (the first may have been killed), and the pins go in any case."""
     try:
-        yield start_node(topology)
+        yield start_node(topology, input_allow_tcp=[HOST_PORT])
     finally:
         try:
             cleaner = topology.rpc(AGENT, agent_config(topology))
@@ -279,12 +285,12 @@ def test_bridged_guest_reads_through_its_tap(topology: Topology, node: Any, kind
     # The host resolved the guest on the tap (the readdressed ARP reply).
     neigh = sh(["ip", "neigh", "show", "dev", guest.tap], netns=topology.node).stdout
     assert "10.0.0.2" in neigh and "lladdr" in neigh
-    if route == "gateway":  # the bridge still works both ways for everything else
-        node.call("host_service", "0.0.0.0", 8080)
+    if route == "gateway":  # the bridge still carries guest <-> host (an allowed port)
+        node.call("host_service", "0.0.0.0", HOST_PORT)
         sh(["ip", "neigh", "flush", "dev", bridge], netns=topology.node)
-        proc = guest.curl("http://10.0.0.1:8080/", max_time=2)
+        proc = guest.curl(f"http://10.0.0.1:{HOST_PORT}/", max_time=2)
         assert proc.stdout.startswith("host"), proc.stderr
-        assert node.call("host_accepts", "0.0.0.0:8080") == 1
+        assert node.call("host_accepts", f"0.0.0.0:{HOST_PORT}") == 1
     # The tap's listener gone: its frames are dropped (the guest retries by
     # SYN retransmit), never given to the other guest's listener.
     node.call("unlisten", guest.tap)
@@ -352,9 +358,9 @@ def test_bridge_wearing_the_taps_mac_fails_closed(topology: Topology, node: Any)
     proc = guest.curl(MD, max_time=2)
     assert proc.returncode == 7, proc.stdout  # refused fast rather than hanging
     # What steering it would have broken: the host reaching the guest over the bridge.
-    node.call("host_service", "0.0.0.0", 8080)
+    node.call("host_service", "0.0.0.0", HOST_PORT)
     sh(["ip", "neigh", "flush", "dev", bridge], netns=topology.node)
-    assert guest.curl("http://10.0.0.1:8080/", max_time=2).stdout.startswith("host")
+    assert guest.curl(f"http://10.0.0.1:{HOST_PORT}/", max_time=2).stdout.startswith("host")
     # Given an address of its own, the bridge's tap is steered at the next sync.
     sh(["ip", "link", "set", bridge, "address", "02:b0:00:00:00:09"], netns=topology.node)
     steer_bridged(node, guest)

@@ -1,6 +1,7 @@
 """End to end: the eBPF datapath keeps guests away from the node's own
-services (the host input filter of bpf/tap_ingress.c), while forwarded
-traffic and the host's own connections to guests keep working. Same loader
+services (the host input filter of bpf/tap_ingress.c), on routed and
+bridged taps, while forwarded and guest-to-guest traffic (broadcast
+included) and the host's own connections to guests keep working. Same loader
 (``EbpfNode``) as test_datapath_ebpf.py."""
 
 from __future__ import annotations

@@ -15,12 +15,13 @@ maps keyed by ifindex, pinned under ``<bpffs>/interceptor/<instance>/``:
   to a bridge (the host input filter judges their frames as the bridge's).
 * ``host_allow`` (protocol << 16 | port) -> 1: ports on the node guests may use.
 
-Host services: whatever a routed tap's guest sends that the node would
+Host services: whatever a tap's guest sends that the node would
 deliver to itself (decided by the kernel's own ``bpf_fib_lookup`` from the
 tap: any local, broadcast or multicast address, loopback, IPv6 link-local)
 is dropped, except ICMP/ICMPv6, replies on connections the host opened, and
 ``input_allow_udp``/``input_allow_tcp`` ports, as the nft datapath's input
-chain does. Counted as ``host_input_dropped``.
+chain does; on bridge ports as described below. Counted as
+``host_input_dropped``.
 
 Restart: tc holds the programs and bpffs the maps, so guests keep working
 while the daemon is away (an enabled tap's ARP is still answered, a refused
