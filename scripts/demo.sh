@@ -24,8 +24,11 @@ pids=()
 
 cleanup() {
   set +e
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null; done
+  # Node first: on SIGTERM it removes its datapath and listeners.
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    kill -TERM "${pids[i]}" 2>/dev/null
+    wait "${pids[i]}" 2>/dev/null
+  done
   ip netns exec "$node_ns" "$bin" node --cleanup --datapath "$datapath" \
     --bpf-instance "demo-$id" >/dev/null 2>&1
   ip netns del "$guest_ns" 2>/dev/null
@@ -80,7 +83,10 @@ ip netns add "$node_ns"
 in_node ip link set lo up
 
 step "central backend (SQLite at $work/backend.sqlite)"
-in_node "$bin" backend serve --config "$work/backend.toml" >"$work/backend.log" 2>&1 &
+# Started directly, not through a shell function: $! must be the process
+# itself, or the cleanup would signal a subshell and leave the daemon running.
+ip netns exec "$node_ns" "$bin" backend serve --config "$work/backend.toml" \
+  >"$work/backend.log" 2>&1 &
 pids+=($!)
 wait_http http://127.0.0.1:8701/healthz
 
@@ -94,7 +100,7 @@ ctl server bind i-0demo0000000001 --node demo-node --ifname "$tap" >/dev/null
 ctl server get i-0demo0000000001
 
 step "node daemon ($datapath datapath)"
-in_node "$bin" node --config "$work/node.toml" >"$work/node.log" 2>&1 &
+ip netns exec "$node_ns" "$bin" node --config "$work/node.toml" >"$work/node.log" 2>&1 &
 pids+=($!)
 wait_http http://127.0.0.1:9100/healthz
 
