@@ -184,18 +184,27 @@ class GuestApi:
                 return self._observed(request, self._token_only, started)
             if request.query and "wait_for_change" in request.query:
                 return self._slow(iid, request, self._longpoll(iid, request), None)
-            snap = self._cache.peek(iid)
-            if snap is None:
-                return self._slow(iid, request, self._get_slow(iid, request), started)
-            try:
-                response = self._read(iid, request, snap)
-            except _Refused as refused:
-                self._refusal(iid, refused.reason)
-                response = refused.response
-            return self._observed(request, response, started)
+            return self._from_cache(iid, request, started,
+                                    lambda snap: self._read(iid, request, snap),
+                                    lambda: self._get_slow(iid, request))
         if method == "PUT" and request.path == TOKEN_PATH:
             return self._issue_token(iid, request, started)
         return self._slow(iid, request, self._write(iid, request), started)
+
+    def _from_cache(self, iid: str, request: Request, started: float,
+                    answer: Callable[[CachedDocument], Response],
+                    slow: Callable[[], Coroutine[Any, Any, Response]]) -> HandlerResult:
+        """Answer synchronously from a cached document (the hot path), else
+        start ``slow`` (a cache miss) as the connection's task."""
+        snap = self._cache.peek(iid)
+        if snap is None:
+            return self._slow(iid, request, slow(), started)
+        try:
+            response = answer(snap)
+        except _Refused as refused:
+            self._refusal(iid, refused.reason)
+            response = refused.response
+        return self._observed(request, response, started)
 
     # -- reads --------------------------------------------------------------------------
 
@@ -292,15 +301,9 @@ class GuestApi:
         if ttl is None:
             self._token_refused(iid, "bad_ttl")
             return self._observed(request, self._bad_request, started)
-        snap = self._cache.peek(iid)
-        if snap is None:
-            return self._slow(iid, request, self._issue_token_slow(iid, ttl), started)
-        try:
-            response = self._token_response(iid, ttl, snap)
-        except _Refused as refused:
-            self._refusal(iid, refused.reason)
-            response = refused.response
-        return self._observed(request, response, started)
+        return self._from_cache(iid, request, started,
+                                lambda snap: self._token_response(iid, ttl, snap),
+                                lambda: self._issue_token_slow(iid, ttl))
 
     async def _issue_token_slow(self, iid: str, ttl: int) -> Response:
         return self._token_response(iid, ttl, await self._document(iid))

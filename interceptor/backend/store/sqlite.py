@@ -121,13 +121,7 @@ class SqliteStore:
     async def scan(self, kind: str, *, owner: str | None = None, parent: str | None = None,
                    after: str | None = None, limit: int = 100,
                    visible_to: str | None = None) -> list[Record]:
-        where, args = ["kind=?"], [kind]
-        if owner is not None:
-            where.append("owner=?")
-            args.append(owner)
-        if parent is not None:
-            where.append("parent=?")
-            args.append(parent)
+        where, args = _filters(kind, owner, parent)
         if after is not None:
             where.append("id>?")
             args.append(after)
@@ -140,13 +134,7 @@ class SqliteStore:
 
     async def ids(self, kind: str, *, owner: str | None = None,
                   parent: str | None = None) -> list[str]:
-        where, args = ["kind=?"], [kind]
-        if owner is not None:
-            where.append("owner=?")
-            args.append(owner)
-        if parent is not None:
-            where.append("parent=?")
-            args.append(parent)
+        where, args = _filters(kind, owner, parent)
         sql = f"SELECT id FROM records WHERE {' AND '.join(where)} ORDER BY id"  # noqa: S608
         return await self._run(lambda c: [r[0] for r in c.execute(sql, args).fetchall()])
 
@@ -246,3 +234,15 @@ def _apply(c: sqlite3.Connection, op: Put | Delete, revision: int) -> None:
                           (node, ifname, op.id))
             except sqlite3.IntegrityError:
                 raise BindingInUse(f"{ifname} on {node} is bound to another server") from None
+
+
+def _filters(kind: str, owner: str | None, parent: str | None) -> tuple[list[str], list[str]]:
+    """WHERE terms and arguments shared by ``scan`` and ``ids``."""
+    where, args = ["kind=?"], [kind]
+    if owner is not None:
+        where.append("owner=?")
+        args.append(owner)
+    if parent is not None:
+        where.append("parent=?")
+        args.append(parent)
+    return where, args
