@@ -327,7 +327,11 @@ def test_same_ip_mac_and_port_on_one_bridge(topology: Topology, node: Any) -> No
         code, body, seconds = body_and_time(subprocess.CompletedProcess([], 0, out, ""))
         assert code == 200, out
         assert body.split()[:2] == [guest.tap, "10.0.0.2:40123"]  # identity: the port
-        assert seconds < FAST_S
+        # Two guests wearing one MAC on one bridge make the bridge's forwarding
+        # table flap between their ports, so plain L2 (ARP for the gateway) may
+        # cost one retry; identity above is what must hold. Distinct MACs with
+        # the same IP and port on a bridge keep the fast bound (test_product).
+        assert seconds < 1.5
 
 
 @pytest.mark.parametrize("kind", ["veth", "tap"])
