@@ -57,17 +57,18 @@ class Bench:
 
         async def one(iid: str, tap: str | None) -> None:
             body: dict[str, Any] = {"customer_id": CUSTOMER, "hostname": f"h-{iid}"}
-            if tap is not None:
-                body["bindings"] = [{"node": self.stack.node_name, "ifname": tap}]
             async with sem:
                 await self.admin.ok("PUT", f"/v1/servers/{iid}", body,
                                     {"If-None-Match": "*"})
+                if tap is not None:
+                    await self.bind(iid, tap)
 
         await asyncio.gather(*(one(iid, tap) for iid, tap in pairs))
 
     async def bind(self, iid: str, tap: str) -> None:
-        await self.admin.ok("PATCH", f"/v1/servers/{iid}",
-                            {"bindings": [{"node": self.stack.node_name, "ifname": tap}]})
+        """The platform plugs ``tap`` into ``iid``."""
+        await self.admin.ok("PUT", f"/v1/servers/{iid}/bindings/{self.stack.node_name}/{tap}",
+                            None)
 
     async def set_hostname(self, iid: str, hostname: str) -> None:
         await self.admin.ok("PATCH", f"/v1/servers/{iid}", {"hostname": hostname})

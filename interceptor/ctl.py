@@ -8,12 +8,18 @@ Examples::
 
     interceptor ctl customer create --id c1 --name "Customer one"
     interceptor ctl customer token c1
-    interceptor ctl server create --id vm1 --customer c1 --hostname vm1 [--image img1]
+    interceptor ctl server create [--id vm1] --customer c1 --hostname vm1 [--image img1]
     interceptor ctl server set-keys vm1 alice="ssh-ed25519 AAAA… alice" [--key NAME KEY]
     interceptor ctl server set-user-data vm1 cloud.yaml [--part user --content-type T]
-    interceptor ctl server bind vm1 --node node-a --ifname tap-vm1
-    interceptor ctl server unbind vm1 [--node node-a] [--ifname tap-vm1]
-    interceptor ctl server enable|disable|start|stop|get|delete|document vm1
+    interceptor ctl server bind vm1 --node node-a --ifname vnet3 [--mac fe:54:00:…]
+    interceptor ctl server bind vm1 --node node-a --serial vm1
+    interceptor ctl server unbind vm1 [--node node-a (--ifname vnet3 | --serial vm1)]
+    interceptor ctl server bindings vm1
+    interceptor ctl server stop vm1 [--keep-bindings]
+    interceptor ctl server enable|disable|start|get|delete|document vm1
+
+``--id`` (choosing a server id) and the bindings are the platform's (admin
+token); a customer creating a server gets an id chosen by the backend.
     interceptor ctl meta set server vm1 public role=web size=3 [--json]
     interceptor ctl meta get server vm1 public
 """
@@ -113,12 +119,16 @@ def _content_type(data: bytes) -> str:
 
 
 def _server_cmd(c: Client, a: argparse.Namespace) -> Any:
-    path = f"/v1/servers/{urllib.parse.quote(a.id, safe='')}"
     if a.action == "create":
         body: dict[str, Any] = {"customer_id": a.customer, "hostname": a.hostname}
         if a.image:
             body["image_id"] = a.image
-        return c.request("PUT", path, body, {"If-None-Match": "*"})[0]
+        if a.id is None:
+            return c.request("POST", "/v1/servers", body)[0]
+        return c.request("PUT", f"/v1/servers/{_q(a.id)}", body, {"If-None-Match": "*"})[0]
+    if a.action == "list":
+        return c.request("GET", "/v1/servers?limit=1000")[0]
+    path = f"/v1/servers/{_q(a.id)}"
     if a.action == "get":
         return c.request("GET", path)[0]
     if a.action == "delete":
@@ -126,8 +136,11 @@ def _server_cmd(c: Client, a: argparse.Namespace) -> Any:
         return {"deleted": a.id}
     if a.action == "document":
         return c.request("GET", path + "/document")[0]
-    if a.action in ("start", "stop"):
-        return c.request("POST", f"{path}/{a.action}", {} if a.action == "start" else None)[0]
+    if a.action == "start":
+        return c.request("POST", f"{path}/start", {})[0]
+    if a.action == "stop":
+        return c.request("POST", f"{path}/stop",
+                         {"keep_bindings": True} if a.keep_bindings else None)[0]
     if a.action in ("enable", "disable"):
         return c.request("PATCH", path, {"metadata_enabled": a.action == "enable"})[0]
     if a.action == "set-keys":
@@ -147,26 +160,39 @@ def _server_cmd(c: Client, a: argparse.Namespace) -> Any:
             parts = [p for p in server.get("user_data", []) if p["name"] != a.part]
             return {"user_data": [*parts, part]}
         return c.modify(path, with_part)
+    if a.action == "bindings":
+        return c.request("GET", path + "/bindings")[0]
     if a.action == "bind":
-        def bind(server: dict[str, Any]) -> dict[str, Any]:
-            items = [b for b in server.get("bindings", [])
-                     if (b["node"], b["ifname"]) != (a.node, a.ifname)]
-            return {"bindings": [*items, {"node": a.node, "ifname": a.ifname}]}
-        return c.modify(path, bind)
+        if a.serial is not None and a.mac is not None:
+            raise UsageError("--mac goes with --ifname")
+        one = _binding_path(path, a)
+        return c.request("PUT", one, {"mac": a.mac} if a.mac else None)[0]
     if a.action == "unbind":
-        def unbind(server: dict[str, Any]) -> dict[str, Any]:
-            return {"bindings": [b for b in server.get("bindings", [])
-                                 if not ((a.node is None or b["node"] == a.node)
-                                         and (a.ifname is None or b["ifname"] == a.ifname))]}
-        return c.modify(path, unbind)
-    if a.action == "list":
-        return c.request("GET", "/v1/servers?limit=1000")[0]
+        if a.node is None and a.ifname is None and a.serial is None:
+            c.request("DELETE", path + "/bindings")
+        elif a.node is None:
+            raise UsageError("unbind --ifname/--serial needs --node")
+        else:
+            c.request("DELETE", _binding_path(path, a))
+        return c.request("GET", path + "/bindings")[0]
     if a.action == "password":
         if a.clear:
             c.request("DELETE", path + "/password")
             return {"password": None}
         return c.request("GET", path + "/password")[0]
     raise UsageError(f"unknown server action {a.action}")
+
+
+def _q(value: str) -> str:
+    return urllib.parse.quote(value, safe="")
+
+
+def _binding_path(server_path: str, a: argparse.Namespace) -> str:
+    if (a.ifname is None) == (a.serial is None):
+        raise UsageError("name either --ifname (a tap) or --serial (a serial socket)")
+    if a.ifname is not None:
+        return f"{server_path}/bindings/{_q(a.node)}/{_q(a.ifname)}"
+    return f"{server_path}/serial/{_q(a.node)}/{_q(a.serial)}"
 
 
 def _read(name: str) -> bytes:
@@ -251,12 +277,16 @@ def _parser() -> argparse.ArgumentParser:
 
     srv = top.add_parser("server", help="servers").add_subparsers(dest="action", required=True)
     sc = srv.add_parser("create")
-    sc.add_argument("--id", required=True)
+    sc.add_argument("--id", help="platform only: choose the id (default: the backend names it)")
     sc.add_argument("--customer", required=True)
     sc.add_argument("--hostname", required=True)
     sc.add_argument("--image")
-    for name in ("get", "delete", "enable", "disable", "start", "stop", "document"):
+    for name in ("get", "delete", "enable", "disable", "start", "document", "bindings"):
         srv.add_parser(name).add_argument("id")
+    st = srv.add_parser("stop")
+    st.add_argument("id")
+    st.add_argument("--keep-bindings", action="store_true",
+                    help="platform only: keep the bindings (default: release them)")
     srv.add_parser("list")
     pw = srv.add_parser("password")
     pw.add_argument("id")
@@ -270,14 +300,17 @@ def _parser() -> argparse.ArgumentParser:
     su.add_argument("file", metavar="FILE|-")
     su.add_argument("--part", help="set only this named part (others kept)")
     su.add_argument("--content-type")
-    sb = srv.add_parser("bind")
+    sb = srv.add_parser("bind", help="platform: plug one tap or serial socket")
     sb.add_argument("id")
     sb.add_argument("--node", required=True)
-    sb.add_argument("--ifname", required=True)
-    su2 = srv.add_parser("unbind")
+    sb.add_argument("--ifname")
+    sb.add_argument("--serial")
+    sb.add_argument("--mac", help="the tap's own MAC (served only while it matches)")
+    su2 = srv.add_parser("unbind", help="platform: release one binding, or all")
     su2.add_argument("id")
     su2.add_argument("--node")
     su2.add_argument("--ifname")
+    su2.add_argument("--serial")
 
     meta = top.add_parser("meta", help="metadata").add_subparsers(dest="action", required=True)
     for name in ("get", "set", "delete"):

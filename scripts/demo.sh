@@ -65,6 +65,7 @@ datapath = "$datapath"
 tap_patterns = ["tapdemo*"]
 operator_port = 9100
 bpf_instance = "demo-$id"
+state_dir = "$work/node-state"
 EOF
 chmod 600 "$work"/*.toml
 

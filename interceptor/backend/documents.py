@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from interceptor.backend.model import VM_CLASSES
+from interceptor.backend.model import VM_CLASSES, bindings_of
 from interceptor.backend.store.base import Record, Store
 from interceptor.formats.document import (
     SCHEMA_VERSION,
@@ -137,7 +137,7 @@ def assemble(src: Sources, vendor: VendorData, node: str) -> InstanceDocument:
 
 
 def default_node(src: Sources) -> str:
-    bindings = src.server.data["spec"]["bindings"]
+    bindings = bindings_of(src.server.data)
     return str(bindings[0]["node"]) if bindings else ""
 
 

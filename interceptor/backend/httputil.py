@@ -28,14 +28,35 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         chunks.append(chunk)
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def parse_json(raw: bytes) -> Any:
+    """Strict JSON: a key given twice is refused, since readers disagree about
+    which one wins and a check could read one and the store keep the other."""
+    try:
+        return json.loads(raw, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        raise BadRequest(f"invalid JSON: key {str(exc)!r} given twice") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"invalid JSON: {exc}") from None
+
+
 async def read_json(request: web.Request, limit: int) -> Any:
     raw = await read_body(request, limit)
     if not raw.strip():
         raise BadRequest("request body must be JSON")
-    try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(f"invalid JSON: {exc}") from None
+    return parse_json(raw)
 
 
 async def read_json_object(request: web.Request, limit: int, *,
@@ -44,10 +65,7 @@ async def read_json_object(request: web.Request, limit: int, *,
         raw = await read_body(request, limit)
         if not raw.strip():
             return {}
-        try:
-            body = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BadRequest(f"invalid JSON: {exc}") from None
+        body = parse_json(raw)
     else:
         body = await read_json(request, limit)
     if not isinstance(body, dict):

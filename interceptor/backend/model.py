@@ -169,9 +169,17 @@ def _obj(value: Any, what: str) -> dict[str, Any]:
 
 
 SERVER_FIELDS = ("customer_id", "image_id", "hostname", "ssh_keys", "user_data", "files",
-                 "network", "bindings", "metadata_enabled", "require_token", "tags",
+                 "network", "metadata_enabled", "require_token", "tags",
                  "tags_visible", "guest_writes", "instance_type", "availability_zone",
                  "launch_index")
+
+PLATFORM_FIELDS = ("network", "instance_type", "availability_zone", "launch_index")
+"""Server fields only the platform decides (placement, hardware, addressing):
+a customer may send them only with the value they already have."""
+
+BINDINGS_FIELD = "bindings"
+"""Never part of the server body: bindings have their own platform-only
+endpoints (routes_bindings.py)."""
 
 
 def check_server(body: Any, limits: Limits) -> dict[str, Any]:
@@ -222,17 +230,6 @@ def check_server(body: Any, limits: Limits) -> dict[str, Any]:
         raise TooLarge(f"files exceed {limits.files_bytes} bytes")
     spec["files"] = files
     spec["network"] = check_network(body.get("network", {"interfaces": []}))
-    bindings, seen = [], set()
-    for item in _list(body, "bindings"):
-        item = _obj(item, "bindings item")
-        node, ifname = _str(item, "node"), _str(item, "ifname")
-        if not node or not _IFNAME.match(ifname):
-            raise BadRequest("bindings need a node and an interface name (≤ 15 characters)")
-        if (node, ifname) in seen:
-            raise BadRequest(f"binding {node}/{ifname} given twice")
-        seen.add((node, ifname))
-        bindings.append({"node": node, "ifname": ifname})
-    spec["bindings"] = bindings
     spec["metadata_enabled"] = _bool(body, "metadata_enabled", True)
     spec["require_token"] = _bool(body, "require_token", False)
     spec["tags_visible"] = _bool(body, "tags_visible", False)
@@ -306,3 +303,81 @@ def check_visibility(body: dict[str, Any], default: str = "private") -> str:
     if value not in VISIBILITIES:
         raise BadRequest("visibility must be public or private")
     return str(value)
+
+
+_SERIAL = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+SERIAL_PREFIX = "serial/"
+"""Store key of a serial-socket binding: ``serial/<name>`` never collides with
+an interface name (a ``/`` is not allowed in one)."""
+
+
+def check_binding(item: Any) -> dict[str, Any]:
+    """One binding as the platform writes it, normalised.
+
+    A tap: ``{"node", "ifname", "mac"?}`` (``mac`` is the tap's own MAC as the
+    kernel shows it; with it the node serves the tap only while the MAC
+    matches). A serial socket: ``{"node", "serial"}``. Unknown fields are
+    refused so a typo cannot silently drop the MAC check.
+    """
+    item = _obj(item, "binding")
+    unknown = set(item) - {"node", "ifname", "mac", "serial"}
+    if unknown:
+        raise BadRequest(f"unknown binding field {sorted(unknown)[0]!r}")
+    node = item.get("node")
+    if not isinstance(node, str) or not _ID.match(node):
+        raise BadRequest("binding node must be 1-128 characters [A-Za-z0-9._:-]")
+    if ("ifname" in item) == ("serial" in item):
+        raise BadRequest("a binding names either an ifname (tap) or a serial socket")
+    if "serial" in item:
+        name = item["serial"]
+        if not isinstance(name, str) or not _SERIAL.match(name):
+            raise BadRequest("binding serial must be 1-64 characters [A-Za-z0-9_.-]")
+        if "mac" in item:
+            raise BadRequest("a serial binding has no mac")
+        return {"node": node, "serial": name}
+    ifname = item["ifname"]
+    if not isinstance(ifname, str) or not _IFNAME.match(ifname):
+        raise BadRequest("binding ifname must be an interface name (1-15 characters)")
+    mac = item.get("mac")
+    if mac is not None and (not isinstance(mac, str) or not _MAC.match(mac)):
+        raise BadRequest("binding mac must look like fe:54:00:12:34:56")
+    return {"node": node, "ifname": ifname, "mac": None if mac is None else mac.lower()}
+
+
+def binding_key(binding: dict[str, Any]) -> tuple[str, str]:
+    """(node, store key) of a binding: the pair that is unique across servers."""
+    if "serial" in binding:
+        return binding["node"], SERIAL_PREFIX + binding["serial"]
+    return binding["node"], binding["ifname"]
+
+
+def check_bindings(body: Any) -> list[dict[str, Any]]:
+    body = _obj(body, "bindings body")
+    unknown = set(body) - {"bindings"}
+    if unknown:
+        raise BadRequest(f"unknown field {sorted(unknown)[0]!r} (expected bindings)")
+    out, seen = [], set()
+    for item in _list(body, "bindings"):
+        binding = check_binding(item)
+        key = binding_key(binding)
+        if key in seen:
+            raise BadRequest(f"binding {key[0]}/{key[1]} given twice")
+        seen.add(key)
+        out.append(binding)
+    return out
+
+
+def spec_of(server: dict[str, Any]) -> dict[str, Any]:
+    """The owner-visible specification of a server record's data (records
+    written before bindings moved out of it still carry them there: never
+    shown, never written back)."""
+    return {k: v for k, v in server["spec"].items() if k != BINDINGS_FIELD}
+
+
+def bindings_of(server: dict[str, Any]) -> list[dict[str, Any]]:
+    """The platform's bindings of a server record's data (routes_bindings.py)."""
+    if BINDINGS_FIELD in server:
+        return list(server[BINDINGS_FIELD])
+    legacy = server["spec"].get(BINDINGS_FIELD, [])
+    return [{"node": b["node"], "ifname": b["ifname"], "mac": None, "generation": 0}
+            for b in legacy]

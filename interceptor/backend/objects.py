@@ -14,6 +14,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+from interceptor.backend import model
 from interceptor.backend.context import Backend
 from interceptor.backend.errors import (
     BadRequest,
@@ -135,8 +136,20 @@ def image_view(rec: base.Record) -> dict[str, Any]:
             "visibility": rec.data.get("visibility", "private"), "revision": rec.revision}
 
 
+def server_spec(rec: base.Record) -> dict[str, Any]:
+    return model.spec_of(rec.data)
+
+
+def server_bindings(rec: base.Record) -> list[dict[str, Any]]:
+    return model.bindings_of(rec.data)
+
+
+def binding_nodes(rec: base.Record | None) -> set[str]:
+    return set() if rec is None else {b["node"] for b in server_bindings(rec)}
+
+
 def server_view(rec: base.Record, runtime: base.Record | None) -> dict[str, Any]:
-    return {"id": rec.id, **rec.data["spec"], "revision": rec.revision,
+    return {"id": rec.id, **server_spec(rec), "revision": rec.revision,
             "running": bool(runtime is not None and runtime.data.get("running"))}
 
 

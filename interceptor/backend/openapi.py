@@ -13,6 +13,7 @@ from aiohttp import web
 from interceptor.backend.limits import MAX_PAGE, MAX_WATCH_TIMEOUT
 
 JSON = "application/json"
+_PLATFORM = "set by the platform only: a customer may send it only unchanged"
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -62,20 +63,37 @@ SCHEMAS: dict[str, Any] = {
             "data": {"type": "string", "format": "byte"}}}},
         "files": {"type": "array", "items": {"type": "object", "properties": {
             "path": {"type": "string"}, "data": {"type": "string", "format": "byte"}}}},
-        "network": {"type": "object", "properties": {
+        "network": {"type": "object", "description": _PLATFORM, "properties": {
             "interfaces": {"type": "array", "items": _ref("Interface")}}},
-        "bindings": {"type": "array", "items": {"type": "object", "properties": {
-            "node": {"type": "string"}, "ifname": {"type": "string"}}}},
         "metadata_enabled": {"type": "boolean", "default": True},
         "require_token": {"type": "boolean", "default": False},
         "tags": {"type": "object", "additionalProperties": {"type": "string"}},
         "tags_visible": {"type": "boolean", "default": False},
         "guest_writes": {"type": "boolean", "default": False},
-        "instance_type": {"type": "string"},
-        "availability_zone": {"type": "string"},
-        "launch_index": {"type": "integer", "minimum": 0},
+        "instance_type": {"type": "string", "description": _PLATFORM},
+        "availability_zone": {"type": "string", "description": _PLATFORM},
+        "launch_index": {"type": "integer", "minimum": 0, "description": _PLATFORM},
         "revision": {"type": "integer", "readOnly": True},
         "running": {"type": "boolean", "readOnly": True}}},
+    "Binding": {"type": "object", "required": ["node"], "properties": {
+        "node": {"type": "string"},
+        "ifname": {"type": "string", "maxLength": 15, "description": "a tap"},
+        "mac": {"type": "string", "nullable": True,
+                "description": "the tap's own MAC: served only while it matches"},
+        "serial": {"type": "string", "description": "a serial-port socket, instead of a tap"},
+        "generation": {"type": "integer", "readOnly": True,
+                       "description": "minted at every bind; the node serves one tap "
+                                      "incarnation per generation"}}},
+    "ServerBindings": {"type": "object", "properties": {
+        "id": {"type": "string", "readOnly": True},
+        "bindings": {"type": "array", "items": _ref("Binding")}}},
+    "BindOne": {"type": "object", "properties": {
+        "mac": {"type": "string", "description": "the tap's own MAC (taps only)"}}},
+    "BoundOne": {"type": "object", "properties": {
+        "id": {"type": "string"}, "binding": _ref("Binding")}},
+    "Stop": {"type": "object", "properties": {
+        "keep_bindings": {"type": "boolean", "default": False,
+                          "description": "platform only: keep the bindings"}}},
     "Runtime": {"type": "object", "properties": {
         "id": {"type": "string"}, "running": {"type": "boolean"},
         "revision": {"type": "integer"}}},
@@ -91,7 +109,9 @@ SCHEMAS: dict[str, Any] = {
     "Bindings": {"type": "object", "properties": {
         "revision": {"type": "integer"},
         "bindings": {"type": "array", "items": {"type": "object", "properties": {
-            "ifname": {"type": "string"}, "instance_id": {"type": "string"},
+            "ifname": {"type": "string"}, "serial": {"type": "string"},
+            "mac": {"type": "string", "nullable": True},
+            "generation": {"type": "integer"}, "instance_id": {"type": "string"},
             "metadata_enabled": {"type": "boolean"}}}}}},
     "Watch": {"type": "object", "properties": {
         "revision": {"type": "integer"},
@@ -102,6 +122,7 @@ SCHEMAS: dict[str, Any] = {
 _PARAM_DOC = {
     "id": "Object id", "cls": "Metadata class: public, restricted, private, system",
     "node": "Node name", "iid": "Instance (server) id", "key": "Key",
+    "name": "Interface name of the tap, or name of the serial socket",
 }
 
 # (method, path, summary, request schema or None, success status, response schema or None)
@@ -121,14 +142,30 @@ OPERATIONS: list[tuple[str, str, str, str | None, int, str | None]] = [
     ("patch", "/v1/images/{id}", "Change name/visibility (owner)", "ImageCreate", 200, "Image"),
     ("delete", "/v1/images/{id}", "Delete an unused image (owner)", None, 204, None),
     ("get", "/v1/servers", "List own servers (admin: all, ?customer=)", None, 200, "Page"),
-    ("put", "/v1/servers/{id}", "Create (201) or replace (200) a server", "Server", 200,
+    ("post", "/v1/servers", "Create a server; the platform names its id", "Server", 201,
      "Server"),
+    ("put", "/v1/servers/{id}", "Create (201, admin: the platform names ids) or replace (200) "
+     "a server", "Server", 200, "Server"),
     ("get", "/v1/servers/{id}", "Read a server (owner)", None, 200, "Server"),
     ("patch", "/v1/servers/{id}", "JSON merge patch of a server (owner)", "Server", 200,
      "Server"),
     ("delete", "/v1/servers/{id}", "Delete a server (owner)", None, 204, None),
     ("post", "/v1/servers/{id}/start", "Start: set fresh runtime data", "Start", 200, "Runtime"),
-    ("post", "/v1/servers/{id}/stop", "Stop: clear runtime data", None, 200, "Runtime"),
+    ("post", "/v1/servers/{id}/stop", "Stop: clear runtime data and release the bindings",
+     "Stop", 200, "Runtime"),
+    ("get", "/v1/servers/{id}/bindings", "The server's bindings (admin)", None, 200,
+     "ServerBindings"),
+    ("put", "/v1/servers/{id}/bindings", "Replace the server's bindings (admin); unchanged "
+     "items keep their generation", "ServerBindings", 200, "ServerBindings"),
+    ("delete", "/v1/servers/{id}/bindings", "Release every binding (admin)", None, 204, None),
+    ("put", "/v1/servers/{id}/bindings/{node}/{name}", "Plug: bind one tap as a new "
+     "incarnation (admin)", "BindOne", 200, "BoundOne"),
+    ("delete", "/v1/servers/{id}/bindings/{node}/{name}", "Unplug: release one tap (admin)",
+     None, 204, None),
+    ("put", "/v1/servers/{id}/serial/{node}/{name}", "Bind one serial-port socket (admin)",
+     None, 200, "BoundOne"),
+    ("delete", "/v1/servers/{id}/serial/{node}/{name}", "Release one serial-port socket "
+     "(admin)", None, 204, None),
     ("get", "/v1/servers/{id}/password", "Read the guest-set password (owner)", None, 200,
      "Password"),
     ("delete", "/v1/servers/{id}/password", "Clear the password (owner)", None, 204, None),
@@ -194,7 +231,8 @@ def _operation(method: str, path: str, summary: str, request: str | None, status
         op["requestBody"] = {"required": True, "content": {"text/plain": {
             "schema": {"type": "string"}}}}
     elif request is not None:
-        op["requestBody"] = {"required": method != "post" or "start" not in path,
+        op["requestBody"] = {"required": not path.endswith(("/start", "/stop"))
+                             and request != "BindOne",
                              "content": {JSON: {"schema": _ref(request)}}}
     ok: dict[str, Any] = {"description": "Success"}
     if response is not None:

@@ -32,7 +32,7 @@ from interceptor.backend.limits import (
     MAX_PASSWORD_BYTES,
     MAX_WATCH_TIMEOUT,
 )
-from interceptor.backend.model import json_size
+from interceptor.backend.model import bindings_of, json_size
 from interceptor.backend.objects import put_of, update
 from interceptor.backend.store import base
 from interceptor.common.signing import verify
@@ -63,7 +63,7 @@ async def _bound(ctx: Backend, node: str, iid: str) -> base.Record:
     rec = await ctx.store.get("server", iid)
     if rec is None:
         raise NotFound(f"instance {iid} not found")
-    if not any(b["node"] == node for b in rec.data["spec"]["bindings"]):
+    if not any(b["node"] == node for b in bindings_of(rec.data)):
         raise Forbidden(f"instance {iid} is not bound to node {node}")
     return rec
 
@@ -73,9 +73,18 @@ async def bindings(request: web.Request) -> web.Response:
     revision = await ctx.store.revision()  # read first: a later change is then seen by watch
     pairs = await ctx.store.bindings(node)
     servers = await ctx.store.get_many("server", sorted({sid for _, sid in pairs}))
-    out = [{"ifname": ifname, "instance_id": sid,
-            "metadata_enabled": bool(servers[sid].data["spec"]["metadata_enabled"])}
-           for ifname, sid in pairs if sid in servers]
+    out = []
+    for sid in sorted({sid for _, sid in pairs} & set(servers)):
+        data = servers[sid].data
+        enabled = bool(data["spec"]["metadata_enabled"])
+        for b in bindings_of(data):
+            if b["node"] != node:
+                continue
+            where = {"serial": b["serial"]} if "serial" in b else {
+                "ifname": b["ifname"], "mac": b.get("mac")}
+            out.append({**where, "instance_id": sid, "metadata_enabled": enabled,
+                        "generation": int(b.get("generation", 0))})
+    out.sort(key=lambda b: (b.get("ifname", ""), b.get("serial", "")))
     return reply({"revision": revision, "bindings": out})
 
 

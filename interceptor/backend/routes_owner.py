@@ -31,6 +31,7 @@ from interceptor.backend.httputil import (
 from interceptor.backend.model import Principal
 from interceptor.backend.objects import (
     affected,
+    binding_nodes,
     commit_new,
     customer_view,
     get_owned,
@@ -40,6 +41,8 @@ from interceptor.backend.objects import (
     put_of,
     require_admin,
     require_customer_or_admin,
+    server_bindings,
+    server_spec,
     server_view,
     update,
 )
@@ -213,20 +216,41 @@ async def delete_image(request: web.Request) -> web.Response:
 
 # --- servers --------------------------------------------------------------
 
-def _binding_pairs(spec: dict[str, Any]) -> list[tuple[str, str]]:
-    return [(b["node"], b["ifname"]) for b in spec["bindings"]]
-
-
-def _nodes_touched(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[str]:
-    """Nodes whose binding list changes (bindings or the enable toggle)."""
-    def key(spec: dict[str, Any] | None) -> tuple[Any, ...]:
-        if spec is None:
-            return ()
-        return (tuple(_binding_pairs(spec)), spec["metadata_enabled"])
-    if key(old) == key(new):
+def _nodes_touched(rec: base.Record, old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Nodes whose binding list changes: those the server is bound to, when its
+    enable toggle flips (bindings themselves change in routes_bindings.py)."""
+    if old["metadata_enabled"] == new["metadata_enabled"]:
         return []
-    nodes = {b["node"] for s in (old, new) if s is not None for b in s["bindings"]}
-    return sorted(nodes)
+    return sorted(binding_nodes(rec))
+
+
+def _platform_fields(who: Principal, body: dict[str, Any],
+                     current: dict[str, Any] | None, *, carry: bool) -> dict[str, Any]:
+    """Refuse what only the platform decides; return the body to validate.
+
+    ``bindings`` never belong to the server body. A customer may not change a
+    platform field: with ``carry`` (a full PUT) the ones it leaves out keep
+    their current value, and :func:`_check_unchanged` refuses any other value.
+    """
+    if model.BINDINGS_FIELD in body:
+        if not who.is_admin:
+            raise Forbidden('field "bindings" is set by the platform only')
+        raise BadRequest('"bindings" are not part of the server body: '
+                         "use PUT /v1/servers/{id}/bindings")
+    if who.is_admin or not carry or current is None:
+        return body
+    return {**{f: current[f] for f in model.PLATFORM_FIELDS if f in current}, **body}
+
+
+def _check_unchanged(who: Principal, spec: dict[str, Any],
+                     current: dict[str, Any] | None, limits: Any) -> None:
+    if who.is_admin:
+        return
+    before = current if current is not None else model.check_server(
+        {"customer_id": spec["customer_id"], "hostname": spec["hostname"]}, limits)
+    for field in model.PLATFORM_FIELDS:
+        if spec[field] != before[field]:
+            raise Forbidden(f'field "{field}" is set by the platform only')
 
 
 async def _check_server_refs(ctx: Backend, who: Principal, spec: dict[str, Any],
@@ -252,15 +276,25 @@ def _size_check(ctx: Backend, spec: dict[str, Any], meta: dict[str, Any]) -> Non
         raise TooLarge(f"server exceeds the document limit of {ctx.limits.document_bytes} bytes")
 
 
+async def create_server(request: web.Request) -> web.Response:
+    """POST /v1/servers: the platform names the id, so nobody can pre-claim one."""
+    ctx, who = await _who(request)
+    body = await read_json_object(request, ctx.limits.request_bytes)
+    if "id" in body and not who.is_admin:
+        raise Forbidden("server ids are chosen by the platform")
+    sid = _new_id("i", body)
+    body.pop("id", None)
+    return await _create_server(ctx, who, sid, body, 0)
+
+
 async def put_server(request: web.Request) -> web.Response:
     ctx, who = await _who(request)
     sid = model.check_id(request.match_info["id"], "server id")
     body = await read_json_object(request, ctx.limits.request_bytes)
-    if who.kind == "customer":
-        body.setdefault("customer_id", who.subject)
-    spec = model.check_server(body, ctx.limits)
     existing = await ctx.store.get("server", sid)
-    await _check_server_refs(ctx, who, spec, existing.data["spec"] if existing else None)
+    if existing is None and not who.is_admin:
+        # Chosen ids could be squatted before the platform creates them.
+        raise Forbidden("server ids are chosen by the platform: create with POST /v1/servers")
     wanted = if_match(request)
     if request.headers.get("If-None-Match", "").strip() == "*":
         wanted = 0
@@ -269,32 +303,48 @@ async def put_server(request: web.Request) -> web.Response:
     if existing is None and request.headers.get("If-Match", "").strip() == "*":
         raise PreconditionFailed(f"server {sid} does not exist (If-Match: *)")
     if existing is None:
-        meta = model.empty_classes()
-        _size_check(ctx, spec, meta)
-        ops: list[base.Put | base.Delete] = [
-            base.Put("server", sid, {"spec": spec, "meta": meta}, owner=spec["customer_id"],
-                     parent=spec["image_id"], expect=0, bindings=_binding_pairs(spec)),
-            base.Put("runtime", sid, {"running": False, "meta": model.empty_classes()},
-                     owner=spec["customer_id"], expect=0),
-            base.Put("guest", sid, {"password": None, "data": {}}, owner=spec["customer_id"],
-                     expect=0),
-        ]
-        try:
-            rev = await ctx.commit(ops, base.Change([sid], _nodes_touched(None, spec),
-                                                    kind="server"))
-        except base.BindingInUse as exc:
-            raise Conflict(str(exc)) from None
-        except base.Conflict:
-            if wanted == 0:
-                raise PreconditionFailed(f"server {sid} already exists") from None
-            raise Conflict(f"server {sid} was created concurrently, retry") from None
-        rec = await ctx.store.get("server", sid)
-        assert rec is not None
-        return reply(server_view(rec, None), status=201, revision=rev)
+        return await _create_server(ctx, who, sid, body, wanted)
     if wanted == 0:
         raise PreconditionFailed(f"server {sid} already exists")
+    current = server_spec(existing)
+    body = _platform_fields(who, body, current, carry=True)
+    if who.kind == "customer":
+        body.setdefault("customer_id", who.subject)
+    spec = model.check_server(body, ctx.limits)
+    _check_unchanged(who, spec, current, ctx.limits)
+    await _check_server_refs(ctx, who, spec, current)
     await _replace_server(ctx, who, sid, wanted, lambda old: spec)
     return await _server_reply(ctx, who, sid)
+
+
+async def _create_server(ctx: Backend, who: Principal, sid: str, body: dict[str, Any],
+                         wanted: int | None) -> web.Response:
+    body = _platform_fields(who, body, None, carry=False)
+    if who.kind == "customer":
+        body.setdefault("customer_id", who.subject)
+    spec = model.check_server(body, ctx.limits)
+    _check_unchanged(who, spec, None, ctx.limits)
+    await _check_server_refs(ctx, who, spec, None)
+    meta = model.empty_classes()
+    _size_check(ctx, spec, meta)
+    ops: list[base.Put | base.Delete] = [
+        base.Put("server", sid, {"spec": spec, "meta": meta, "bindings": []},
+                 owner=spec["customer_id"], parent=spec["image_id"], expect=0,
+                 bindings=[]),
+        base.Put("runtime", sid, {"running": False, "meta": model.empty_classes()},
+                 owner=spec["customer_id"], expect=0),
+        base.Put("guest", sid, {"password": None, "data": {}}, owner=spec["customer_id"],
+                 expect=0),
+    ]
+    try:
+        rev = await ctx.commit(ops, base.Change([sid], kind="server"))
+    except base.Conflict:
+        if wanted == 0:
+            raise PreconditionFailed(f"server {sid} already exists") from None
+        raise Conflict(f"server {sid} was created concurrently, retry") from None
+    rec = await ctx.store.get("server", sid)
+    assert rec is not None
+    return reply(server_view(rec, None), status=201, revision=rev)
 
 
 async def _replace_server(ctx: Backend, who: Principal, sid: str, wanted: int | None,
@@ -304,13 +354,12 @@ async def _replace_server(ctx: Backend, who: Principal, sid: str, wanted: int | 
             raise Forbidden(f"not the owner of server {sid}")
 
     def mutate(rec: base.Record) -> tuple[list[base.Put | base.Delete], base.Change]:
-        old = rec.data["spec"]
+        old = server_spec(rec)
         spec = new_spec(old)
         _size_check(ctx, spec, rec.data["meta"])
-        bindings = _binding_pairs(spec) if _binding_pairs(spec) != _binding_pairs(old) else None
-        put = put_of(rec, {**rec.data, "spec": spec}, owner=spec["customer_id"],
-                     parent=spec["image_id"], bindings=bindings)
-        return [put], base.Change([sid], _nodes_touched(old, spec), kind="server")
+        data = {**rec.data, "spec": spec, "bindings": server_bindings(rec)}
+        put = put_of(rec, data, owner=spec["customer_id"], parent=spec["image_id"])
+        return [put], base.Change([sid], _nodes_touched(rec, old, spec), kind="server")
 
     rec = await ctx.store.get("server", sid)
     if rec is None:
@@ -333,15 +382,17 @@ async def get_server(request: web.Request) -> web.Response:
 async def patch_server(request: web.Request) -> web.Response:
     ctx, who = await _who(request)
     sid = request.match_info["id"]
-    patch = await read_json_object(request, ctx.limits.request_bytes)
-    await get_owned(ctx, who, "server", sid)
+    patch = _platform_fields(who, await read_json_object(request, ctx.limits.request_bytes),
+                             None, carry=False)
 
     def new_spec(old: dict[str, Any]) -> dict[str, Any]:
-        return model.check_server(model.merge_patch(old, patch), ctx.limits)
+        spec = model.check_server(model.merge_patch(old, patch), ctx.limits)
+        _check_unchanged(who, spec, old, ctx.limits)
+        return spec
 
     # Validate references before committing (they are read outside the CAS loop).
-    current = (await get_owned(ctx, who, "server", sid)).data["spec"]
-    candidate = model.check_server(model.merge_patch(current, patch), ctx.limits)
+    current = server_spec(await get_owned(ctx, who, "server", sid))
+    candidate = new_spec(current)
     await _check_server_refs(ctx, who, candidate, current)
     await _replace_server(ctx, who, sid, if_match(request), new_spec)
     return await _server_reply(ctx, who, sid)
@@ -356,8 +407,7 @@ async def delete_server(request: web.Request) -> web.Response:
     def mutate(r: base.Record) -> tuple[list[base.Put | base.Delete], base.Change]:
         return ([base.Delete("server", sid, expect=r.revision), base.Delete("runtime", sid),
                  base.Delete("guest", sid)],
-                base.Change([sid], sorted({b["node"] for b in r.data["spec"]["bindings"]}),
-                            kind="server"))
+                base.Change([sid], sorted(binding_nodes(r)), kind="server"))
 
     await update(ctx, "server", sid, wanted, lambda r: None, mutate)
     return web.Response(status=204)
@@ -472,12 +522,34 @@ async def start_server(request: web.Request) -> web.Response:
 
 
 async def stop_server(request: web.Request) -> web.Response:
+    """Stop: clear runtime data and release the bindings in the same commit (a
+    stopped VM's tap name is the hypervisor's to give to another VM at once),
+    unless the platform asks to keep them (``{"keep_bindings": true}``)."""
     ctx, who = await _who(request)
     sid = request.match_info["id"]
     await get_owned(ctx, who, "server", sid)
+    body = await read_json_object(request, ctx.limits.request_bytes, optional=True)
+    if set(body) - {"keep_bindings"}:
+        raise BadRequest(f"unknown field {sorted(set(body) - {'keep_bindings'})[0]!r}")
+    keep = body.get("keep_bindings", False)
+    if not isinstance(keep, bool):
+        raise BadRequest("keep_bindings must be true or false")
+    if keep and not who.is_admin:
+        raise Forbidden('field "keep_bindings" is set by the platform only')
     data = {"running": False, "meta": model.empty_classes()}
-    rev = await update(ctx, "runtime", sid, None, lambda r: None,
-                       lambda r: ([put_of(r, data)], base.Change([sid], kind="runtime")))
+    runtime = await ctx.store.get("runtime", sid)
+    if runtime is None:
+        raise NotFound(f"server {sid} not found")
+
+    def mutate(r: base.Record) -> tuple[list[base.Put | base.Delete], base.Change]:
+        ops: list[base.Put | base.Delete] = [
+            base.Put("runtime", sid, data, owner=runtime.owner, parent=runtime.parent)]
+        nodes = sorted(binding_nodes(r))
+        if not keep and nodes:
+            ops.insert(0, put_of(r, {**r.data, "bindings": []}, bindings=[]))
+        return ops, base.Change([sid], nodes if not keep else [], kind="runtime")
+
+    rev = await update(ctx, "server", sid, None, lambda r: None, mutate)
     return reply({"id": sid, "running": False, "revision": rev}, revision=rev)
 
 
@@ -542,6 +614,7 @@ def add_routes(app: web.Application) -> None:
     r.add_patch("/v1/images/{id}", patch_image)
     r.add_delete("/v1/images/{id}", delete_image)
     r.add_get("/v1/servers", list_servers)
+    r.add_post("/v1/servers", create_server)
     r.add_put("/v1/servers/{id}", put_server)
     r.add_get("/v1/servers/{id}", get_server)
     r.add_patch("/v1/servers/{id}", patch_server)

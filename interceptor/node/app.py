@@ -25,6 +25,7 @@ from interceptor.node.datapath.links import Links, LinkWatcher
 from interceptor.node.desired_state import Link
 from interceptor.node.guest_api import GuestApi, GuestApiSettings
 from interceptor.node.http_server import GuestHttpServer
+from interceptor.node.latches import FileLatches
 from interceptor.node.limits import HttpLimits, RateLimiter
 from interceptor.node.metrics import NodeMetrics
 from interceptor.node.operator import OperatorState, datapath_metrics, operator_app
@@ -107,9 +108,12 @@ class NodeDaemon:
             stack.push_async_callback(server.close)
 
             forgetter = _InstanceForgetter(cache, api, self.metrics)
+            latches = FileLatches(cfg.state_dir, cfg.node_name)
+            latches.check()
             taps = TapManager(datapath, server, disabled_action=cfg.disabled_action,
                               address=cfg.metadata_address, port=cfg.metadata_port,
-                              on_instances_changed=forgetter.served)
+                              on_instances_changed=forgetter.served,
+                              latch_store=latches, metrics=self.metrics)
             stack.push_async_callback(taps.close)
             # Unwound first: stop accepting and let in-flight requests finish
             # (bounded), only then close the listeners and remove the datapath.
@@ -127,7 +131,8 @@ class NodeDaemon:
 
             async def on_links(links: Links) -> None:
                 await taps.update_links({
-                    name: Link(name, info.ifindex, info.bridge) for name, info in links.items()})
+                    name: Link(name, info.ifindex, info.bridge, info.mac)
+                    for name, info in links.items()})
 
             link_watcher = LinkWatcher(on_links, patterns=cfg.tap_patterns,
                                        resync_interval=cfg.reconcile_interval)

@@ -78,15 +78,36 @@ class FetchedDocument:
 
 @dataclass(frozen=True)
 class Binding:
+    """A tap of this node bound to an instance by the platform.
+
+    ``generation`` changes whenever the platform (re)binds the tap; ``mac``,
+    when set, is the tap's own MAC the platform gave it. Together they let the
+    node serve one incarnation of the tap, never a later tap under the same name
+    (desired_state.py).
+    """
+
     ifname: str
     instance_id: str
     metadata_enabled: bool
+    mac: str | None = None
+    generation: int = 0
+
+
+@dataclass(frozen=True)
+class SerialBinding:
+    """A serial-port socket of this node bound to an instance."""
+
+    name: str
+    instance_id: str
+    metadata_enabled: bool
+    generation: int = 0
 
 
 @dataclass(frozen=True)
 class Bindings:
     revision: int
     bindings: tuple[Binding, ...]
+    serial: tuple[SerialBinding, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -193,10 +214,18 @@ class BackendClient:
         _, _, payload = await self._call("bindings", "GET", self._path("bindings"))
         data = self._json("bindings", payload)
         try:
-            items = tuple(Binding(str(b["ifname"]), str(b["instance_id"]),
-                                  bool(b["metadata_enabled"])) for b in data["bindings"])
-            return Bindings(int(data["revision"]), items)
-        except (KeyError, TypeError, ValueError):
+            taps, serial = [], []
+            for b in data["bindings"]:
+                common = (str(b["instance_id"]), bool(b["metadata_enabled"]))
+                generation = int(b.get("generation", 0))
+                if "serial" in b:
+                    serial.append(SerialBinding(str(b["serial"]), *common, generation))
+                    continue
+                mac = b.get("mac")
+                taps.append(Binding(str(b["ifname"]), *common,
+                                    None if mac is None else str(mac).lower(), generation))
+            return Bindings(int(data["revision"]), tuple(taps), tuple(serial))
+        except (KeyError, TypeError, ValueError, AttributeError):
             raise BackendUnavailable("backend bindings answer has the wrong shape") from None
 
     async def document(self, instance_id: str, etag: str | None = None

@@ -46,6 +46,9 @@ class NodeConfig:
     nft_table: str = opt("interceptor", "nftables table name (inet/netdev)")
     bpf_instance: str = opt(
         "default", "eBPF: pins live in /sys/fs/bpf/interceptor/<bpf_instance>/")
+    state_dir: str = opt(
+        "/var/lib/interceptor/node",
+        "where the daemon keeps which tap incarnation each binding serves (survives restarts)")
     shutdown_grace: float = opt(5.0, "seconds in-flight requests get on SIGTERM")
     keep_datapath_on_exit: bool = opt(
         False, "leave the datapath in the kernel on exit (guests then wait for restart)")

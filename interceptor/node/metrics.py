@@ -104,6 +104,15 @@ class NodeMetrics:
                                        "requests rejected", ["reason"], registry=r)
         self.managed_taps = Gauge(p + "managed_taps", "Taps with a guest listener",
                                   registry=r)
+        self.taps_refused = Gauge(p + "taps_refused", "Managed taps the datapath refuses, "
+                                  "by reason (unbound, mac_mismatch, recreated, "
+                                  "ifindex_taken, no_listener)", ["reason"], registry=r)
+        self.listeners_pending = Gauge(p + "tap_listeners_pending", "Bound taps whose "
+                                       "listener could not be opened yet (retrying)",
+                                       registry=r)
+        self.listener_failures = Counter(p + "tap_listener_failures", "Failed attempts to "
+                                         "open a tap listener, by errno", ["reason"],
+                                         registry=r)
         self.watch_errors = Counter(p + "watch_errors", "Failed change-feed polls",
                                     registry=r)
         self.watch_resyncs = Counter(p + "watch_resyncs", "Full cache resyncs after a "

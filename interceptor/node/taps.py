@@ -4,16 +4,21 @@ Inputs change from two sides, links (netlink) and bindings (backend); every
 change recomputes the whole desired state (pure, ``desired_state``) and
 applies the difference. Ordering matters for guests mid-boot:
 
-1. open listeners for newly steered taps *before* the datapath steers to them
-   (a SYN steered to no socket is lost and costs the guest a retransmit);
-2. sync the datapath (one atomic batch);
-3. close listeners the datapath no longer steers to (their open connections,
+1. persist the latches (which tap incarnation each binding serves) before
+   anything is served under them;
+2. open listeners for newly steered taps *before* the datapath steers to them
+   (a SYN steered to no socket is lost and costs the guest a retransmit); a
+   tap whose listener cannot be opened (EADDRINUSE, EMFILE, …) is refused by
+   the datapath instead, and retried with backoff until it opens;
+3. sync the datapath (one atomic batch);
+4. close listeners the datapath no longer steers to (their open connections,
    long-polls included, are aborted: a disabled VM keeps nothing open).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 from collections.abc import Callable, Mapping
@@ -21,11 +26,20 @@ from dataclasses import dataclass
 
 from interceptor.node.backend_client import Binding
 from interceptor.node.datapath.base import Datapath, TapState
-from interceptor.node.datapath.listeners import TapListenerError, open_tap_listener
-from interceptor.node.desired_state import Link, desired_taps
+from interceptor.node.datapath.listeners import (
+    TapGoneError,
+    TapListenerError,
+    open_tap_listener,
+)
+from interceptor.node.desired_state import REASONS, Desired, Latches, Link, desired_taps
 from interceptor.node.http_server import GuestHttpServer, GuestListener, TapIdentity
+from interceptor.node.latches import LatchStore, MemoryLatches
+from interceptor.node.metrics import NodeMetrics
 
 log = logging.getLogger(__name__)
+
+RETRY_INITIAL_S = 0.5
+RETRY_MAX_S = 30.0
 
 
 @dataclass
@@ -40,8 +54,10 @@ class TapManager:
     def __init__(self, datapath: Datapath, server: GuestHttpServer, *,
                  disabled_action: str, address: str, port: int,
                  on_instances_changed: Callable[[set[str]], None] | None = None,
-                 open_listener: Callable[[str, str, int], socket.socket] = open_tap_listener
-                 ) -> None:
+                 open_listener: Callable[[str, str, int], socket.socket] = open_tap_listener,
+                 latch_store: LatchStore | None = None,
+                 metrics: NodeMetrics | None = None,
+                 ifindex_of: Callable[[str], int] | None = socket.if_nametoindex) -> None:
         self._datapath = datapath
         self._server = server
         self._disabled_action = disabled_action
@@ -49,13 +65,21 @@ class TapManager:
         self._port = port
         self._on_instances_changed = on_instances_changed
         self._open_listener = open_listener
+        self._ifindex_of = ifindex_of
         self._links: dict[str, Link] = {}
         self._bindings: dict[str, Binding] = {}
         self._served: dict[str, _Served] = {}
         self._applied: dict[str, TapState] = {}
         self._lock = asyncio.Lock()
-        self._dirty = asyncio.Event()
-        self.bindings_known = False
+        self._latch_store: LatchStore = latch_store or MemoryLatches()
+        self._latches: Latches = self._latch_store.load()
+        self._metrics = metrics
+        self._failed: dict[str, str] = {}  # ifname -> why its listener did not open
+        self._retry: asyncio.TimerHandle | None = None
+        self._retry_delay = RETRY_INITIAL_S
+        self._retry_task: asyncio.Task[None] | None = None
+        self.refused: dict[str, str] = {}
+        self._bindings_known = False
 
     @property
     def taps(self) -> Mapping[str, TapState]:
@@ -70,8 +94,12 @@ class TapManager:
 
     async def update_bindings(self, bindings: Mapping[str, Binding]) -> None:
         self._bindings = dict(bindings)
-        self.bindings_known = True
+        self._bindings_known = True
         await self.apply()
+
+    @property
+    def failed_listeners(self) -> Mapping[str, str]:
+        return self._failed
 
     async def repair(self) -> bool:
         """Reinstall the datapath if something removed it underneath us (an
@@ -89,20 +117,68 @@ class TapManager:
     async def apply(self) -> None:
         """Recompute and apply; concurrent calls are serialised."""
         async with self._lock:
-            desired = desired_taps(self._links, self._bindings, self._disabled_action)
-            await self._open_listeners(desired)
+            wanted = self._desired(frozenset())
+            if wanted.latches != self._latches:
+                await asyncio.to_thread(self._latch_store.save, wanted.latches)
+                self._latches = wanted.latches
+            failed = await self._open_listeners(wanted.taps)
+            final = self._desired(frozenset(failed)) if failed else wanted
+            self._note_failures(failed)
+            desired = final.taps
             await asyncio.to_thread(self._datapath.sync, desired)
             self._applied = desired
             await self._close_listeners(desired)
+            self._note_refusals(final)
             if self._on_instances_changed is not None:
                 self._on_instances_changed(self.served_instances())
+
+    def _desired(self, unlistened: frozenset[str]) -> Desired:
+        return desired_taps(self._links, self._bindings, self._disabled_action,
+                            self._latches, unlistened, bindings_known=self._bindings_known)
+
+    def _note_refusals(self, desired: Desired) -> None:
+        for name, reason in desired.refused.items():
+            if reason != "unbound" and self.refused.get(name) != reason:
+                log.warning("tap %s (ifindex %d) refused: %s", name,
+                            desired.taps[name].ifindex, _EXPLAIN.get(reason, reason))
+        self.refused = dict(desired.refused)
+        if self._metrics is not None:
+            counts = dict.fromkeys(REASONS, 0)
+            for reason in desired.refused.values():
+                counts[reason] += 1
+            for reason, count in counts.items():
+                self._metrics.taps_refused.labels(reason).set(count)
+            self._metrics.listeners_pending.set(len(self._failed))
+
+    def _note_failures(self, failed: dict[str, str]) -> None:
+        """Remember listeners that did not open and schedule a retry (backoff)."""
+        self._failed = failed
+        if not failed:
+            self._retry_delay = RETRY_INITIAL_S
+            return
+        if self._retry is None:
+            loop = asyncio.get_running_loop()
+            self._retry = loop.call_later(self._retry_delay, self._retry_now)
+            self._retry_delay = min(self._retry_delay * 2, RETRY_MAX_S)
+
+    def _retry_now(self) -> None:
+        self._retry = None
+        self._retry_task = asyncio.get_running_loop().create_task(self._apply_logged())
+
+    async def _apply_logged(self) -> None:
+        try:
+            await self.apply()
+        except Exception:  # a retry must never die silently; the next one follows
+            log.exception("retrying tap listeners failed")
 
     def _identity(self, tap: TapState) -> TapIdentity | None:
         if not tap.steer or tap.instance_id is None:
             return None
         return TapIdentity(tap.ifname, tap.ifindex, tap.instance_id)
 
-    async def _open_listeners(self, desired: Mapping[str, TapState]) -> None:
+    async def _open_listeners(self, desired: Mapping[str, TapState]) -> dict[str, str]:
+        """Open the listeners ``desired`` needs; return the taps that failed."""
+        failed: dict[str, str] = {}
         for name, tap in desired.items():
             identity = self._identity(tap)
             if identity is None:
@@ -115,19 +191,25 @@ class TapManager:
                 del self._served[name]
             try:
                 sock = self._open_listener(name, self._address, self._port)
-            except TapListenerError as exc:
-                # The tap vanished between the netlink event and now; the
-                # next link event or reconcile brings the state back in line.
-                log.warning("tap %s: cannot listen: %s", name, exc)
-                continue
-            try:
+                # The name may now belong to another tap than the one we saw
+                # (deleted and recreated in between): never serve that one.
+                if self._ifindex_of is not None and self._ifindex_of(name) != tap.ifindex:
+                    sock.close()
+                    raise TapGoneError(f"listener: {name} was recreated meanwhile")
                 listener = await self._server.add_listener(sock, identity)
-            except OSError:
-                sock.close()
-                raise
+            except (TapListenerError, OSError) as exc:
+                reason = _reason(exc)
+                failed[name] = reason
+                if self._metrics is not None:
+                    self._metrics.listener_failures.labels(reason).inc()
+                if self._failed.get(name) != reason:
+                    log.warning("tap %s: cannot listen (%s), refusing it and retrying: %s",
+                                name, reason, exc)
+                continue
             self._served[name] = _Served(identity, listener)
             log.info("tap %s (ifindex %d) serves instance %s", name, tap.ifindex,
                      tap.instance_id)
+        return failed
 
     async def _close_listeners(self, desired: Mapping[str, TapState]) -> None:
         for name in list(self._served):
@@ -140,7 +222,34 @@ class TapManager:
             log.info("tap %s no longer serves instance %s", name, served.identity.instance_id)
 
     async def close(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        if self._retry_task is not None:
+            self._retry_task.cancel()
         for served in self._served.values():
             await self._server.remove_listener(served.listener)
         self._served.clear()
 
+
+
+_EXPLAIN = {
+    "mac_mismatch": "its MAC is not the one the platform bound (another VM's tap?)",
+    "recreated": "the tap was recreated since the platform bound it; bind it again",
+    "ifindex_taken": "this tap is already serving another binding (renamed?)",
+    "no_listener": "its listener could not be opened (retrying)",
+}
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TapGoneError):
+        return "gone"
+    cause = exc.__cause__ or exc.__context__
+    for err in (exc, cause):
+        number = getattr(err, "errno", None)
+        if isinstance(number, int) and number in errno.errorcode:
+            return errno.errorcode[number].lower()
+    text = str(exc)
+    if "already bound" in text:
+        return "eaddrinuse"
+    return "error"

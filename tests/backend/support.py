@@ -125,13 +125,22 @@ class Api:
         assert t.status == 201, t.body
         return str(t.body["token"])
 
-    async def server(self, sid: str, customer: str, *, token: str = ADMIN,
-                     node: str | None = "node-a", ifname: str = "tap0", **spec: Any) -> Reply:
+    async def server(self, sid: str, customer: str, *, node: str | None = "node-a",
+                     ifname: str = "tap0", **spec: Any) -> Reply:
+        """The platform creates server ``sid`` for ``customer`` and, unless
+        ``node`` is None, binds it to ``ifname`` on ``node``."""
         body: dict[str, Any] = {"customer_id": customer, "hostname": sid, **spec}
-        if node is not None:
-            body.setdefault("bindings", [{"node": node, "ifname": ifname}])
-        r = await self.call("PUT", f"/v1/servers/{sid}", token, json_body=body)
+        r = await self.call("PUT", f"/v1/servers/{sid}", ADMIN, json_body=body)
         assert r.status == 201, r.body
+        if node is not None:
+            await self.bind(sid, node, ifname)
+        return r
+
+    async def bind(self, sid: str, node: str, ifname: str, mac: str | None = None) -> Reply:
+        """Plug: the platform binds one tap (``PUT …/bindings/{node}/{ifname}``)."""
+        r = await self.call("PUT", f"/v1/servers/{sid}/bindings/{node}/{ifname}", ADMIN,
+                            json_body={"mac": mac} if mac else None)
+        assert r.status == 200, r.body
         return r
 
     async def document(self, sid: str, node: str = "node-a") -> dict[str, Any]:

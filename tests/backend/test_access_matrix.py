@@ -37,7 +37,7 @@ async def _scene(api: Api) -> Scene:
     r = await api.call("POST", "/v1/images", owner,
                        json_body={"id": "img-own", "name": "img", "visibility": "public"})
     assert r.status == 201, r.body
-    await api.server("s-own", "c-own", token=owner, image_id="img-own")
+    await api.server("s-own", "c-own", image_id="img-own")
     r = await api.call("POST", "/v1/servers/s-own/start", owner)
     assert r.status == 200, r.body
     return Scene(owner, other, {
@@ -111,7 +111,7 @@ async def test_platform_image_owned_by_admin(api: Api) -> None:
     assert (await api.call("GET", "/v1/images/base/metadata/system", tok)).status == 403
     assert (await api.call("PATCH", "/v1/images/base/metadata/public", tok,
                            json_body={"a": "b"})).status == 403
-    await api.server("s1", "c1", token=tok, image_id="base")
+    await api.server("s1", "c1", image_id="base")
     doc = await api.document("s1")
     assert doc["meta"]["image"]["system"]["default_username"] == "debian"
 
@@ -125,6 +125,6 @@ async def test_private_image_hidden_and_unusable(api: Api) -> None:
     assert (await api.call("GET", "/v1/images/priv/metadata/public", tok_b)).status == 404
     listing = await api.call("GET", "/v1/images", tok_b)
     assert [i["id"] for i in listing.body["items"]] == []
-    r = await api.call("PUT", "/v1/servers/sb", tok_b,
+    r = await api.call("POST", "/v1/servers", tok_b,
                        json_body={"hostname": "sb", "image_id": "priv"})
     assert r.status == 400

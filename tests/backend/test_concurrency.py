@@ -9,7 +9,7 @@ from tests.backend.support import Api
 
 async def test_concurrent_stale_if_match(api: Api) -> None:
     tok = await api.customer("c1")
-    await api.server("s1", "c1", token=tok)
+    await api.server("s1", "c1")
     first = await api.call("GET", "/v1/servers/s1/metadata/public", tok)
     etag = first.etag
     assert etag
@@ -36,7 +36,7 @@ async def test_concurrent_stale_if_match(api: Api) -> None:
 
 async def test_concurrent_merges_lose_nothing(api: Api) -> None:
     tok = await api.customer("c1")
-    await api.server("s1", "c1", token=tok)
+    await api.server("s1", "c1")
 
     async def writer(i: int) -> int:
         r = await api.call("PATCH", "/v1/servers/s1/metadata/restricted", tok,
@@ -50,8 +50,8 @@ async def test_concurrent_merges_lose_nothing(api: Api) -> None:
 
 async def test_server_if_match(api: Api) -> None:
     tok = await api.customer("c1")
-    created = await api.server("s1", "c1", token=tok)
-    stale = created.etag
+    await api.server("s1", "c1")
+    stale = (await api.call("GET", "/v1/servers/s1", tok)).etag
     r = await api.call("PATCH", "/v1/servers/s1", tok, json_body={"hostname": "a"},
                        headers={"If-Match": stale})
     assert r.status == 200 and r.etag != stale

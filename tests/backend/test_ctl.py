@@ -34,9 +34,15 @@ async def test_ctl_commands(api: Api, capsys: pytest.CaptureFixture[str],
     code, out, _ = await _ctl(api, capsys, "image", "create", "--id", "img1",
                               "--visibility", "public", token=owner)
     assert code == 0 and out["owner"] == "c1"
+    code, out, err = await _ctl(api, capsys, "server", "create", "--id", "vm1", "--customer",
+                                "c1", "--hostname", "vm1", token=owner)
+    assert code == 1 and "chosen by the platform" in err  # ids are the platform's
+    code, out, _ = await _ctl(api, capsys, "server", "create", "--customer",
+                              "c1", "--hostname", "vm0", "--image", "img1", token=owner)
+    assert code == 0 and out["image_id"] == "img1" and out["id"].startswith("i-")
     code, out, _ = await _ctl(api, capsys, "server", "create", "--id", "vm1", "--customer",
-                              "c1", "--hostname", "vm1", "--image", "img1", token=owner)
-    assert code == 0 and out["image_id"] == "img1"
+                              "c1", "--hostname", "vm1", "--image", "img1")
+    assert code == 0 and out["id"] == "vm1"
     code, out, _ = await _ctl(api, capsys, "server", "set-keys", "vm1",
                               "alice=ssh-ed25519 AAAA alice", "--key", "bob", "ssh-rsa BBBB b",
                               token=owner)
@@ -54,9 +60,17 @@ async def test_ctl_commands(api: Api, capsys: pytest.CaptureFixture[str],
                               "--part", "platform", token=owner)
     assert [p["name"] for p in out["user_data"]] == ["user", "platform"]
     assert base64.b64decode(out["user_data"][1]["data"]) == b"#!/bin/sh\necho hi\n"
+    code, out, err = await _ctl(api, capsys, "server", "bind", "vm1", "--node", "node-a",
+                                "--ifname", "tap-vm1", token=owner)
+    assert code == 1 and "HTTP 403" in err  # bindings are the platform's
     code, out, _ = await _ctl(api, capsys, "server", "bind", "vm1", "--node", "node-a",
-                              "--ifname", "tap-vm1", token=owner)
-    assert out["bindings"] == [{"node": "node-a", "ifname": "tap-vm1"}]
+                              "--ifname", "tap-vm1", "--mac", "FE:54:00:00:00:01")
+    assert code == 0 and out["binding"]["mac"] == "fe:54:00:00:00:01"
+    code, out, _ = await _ctl(api, capsys, "server", "bind", "vm1", "--node", "node-a",
+                              "--serial", "vm1")
+    code, out, _ = await _ctl(api, capsys, "server", "bindings", "vm1")
+    assert [(b["node"], b.get("ifname"), b.get("serial")) for b in out["bindings"]] == [
+        ("node-a", "tap-vm1", None), ("node-a", None, "vm1")]
     code, out, _ = await _ctl(api, capsys, "server", "disable", "vm1", token=owner)
     assert out["metadata_enabled"] is False
     code, out, _ = await _ctl(api, capsys, "server", "enable", "vm1", token=owner)
@@ -81,9 +95,12 @@ async def test_ctl_commands(api: Api, capsys: pytest.CaptureFixture[str],
     assert len(doc["user_data"]) == 2 and len(doc["ssh_keys"]) == 2
     code, out, _ = await _ctl(api, capsys, "server", "document", "vm1", token=owner)
     assert out["instance_id"] == "vm1"
-    code, out, _ = await _ctl(api, capsys, "server", "stop", "vm1", token=owner)
+    code, out, _ = await _ctl(api, capsys, "server", "stop", "vm1", "--keep-bindings")
     assert out["running"] is False
-    code, out, _ = await _ctl(api, capsys, "server", "unbind", "vm1", token=owner)
+    code, out, _ = await _ctl(api, capsys, "server", "unbind", "vm1", "--node", "node-a",
+                              "--serial", "vm1")
+    assert [b["ifname"] for b in out["bindings"]] == ["tap-vm1"]
+    code, out, _ = await _ctl(api, capsys, "server", "unbind", "vm1")
     assert out["bindings"] == []
     code, out, _ = await _ctl(api, capsys, "server", "get", "vm1", token=owner)
     assert out["hostname"] == "vm1"

@@ -12,7 +12,7 @@ async def test_private_never_in_any_document(api: Api) -> None:
     tok = await api.customer("c1")
     await api.call("POST", "/v1/images", tok, json_body={"id": "img1"})
     for sid in ("s1", "s2"):
-        await api.server(sid, "c1", token=tok, image_id="img1", ifname=f"tap-{sid}")
+        await api.server(sid, "c1", image_id="img1", ifname=f"tap-{sid}")
         await api.call("POST", f"/v1/servers/{sid}/start", tok,
                        json_body={"metadata": {"private": {"rt": "SECRET-runtime"}}})
     await api.call("PATCH", "/v1/customers/c1/metadata/private", tok,
@@ -42,7 +42,7 @@ async def test_image_owner_restricted_reaches_other_customers_vm(api: Api) -> No
                    json_body={"license_key": "LIC-12345"})
     await api.call("PATCH", "/v1/images/appliance/metadata/public", vendor,
                    json_body={"product": "appliance"})
-    await api.server("vm", "user", token=user, image_id="appliance")
+    await api.server("vm", "user", image_id="appliance")
 
     doc = await api.document("vm")
     assert doc["meta"]["image"]["restricted"] == {"license_key": "LIC-12345"}
@@ -60,7 +60,7 @@ async def test_image_owner_restricted_reaches_other_customers_vm(api: Api) -> No
 
 async def test_runtime_appears_after_start_and_goes_at_stop(api: Api) -> None:
     tok = await api.customer("c1")
-    await api.server("s1", "c1", token=tok)
+    await api.server("s1", "c1")
     await api.call("PATCH", "/v1/servers/s1/metadata/public", tok, json_body={"keep": "yes"})
     r = await api.call("PATCH", "/v1/servers/s1/runtime/metadata/public", tok,
                        json_body={"x": "1"})
@@ -81,6 +81,10 @@ async def test_runtime_appears_after_start_and_goes_at_stop(api: Api) -> None:
 
     r = await api.call("POST", "/v1/servers/s1/stop", tok)
     assert r.status == 200 and r.body["running"] is False
+    # Stopping released the tap: the node may no longer read the document.
+    r = await api.node("GET", "node-a", "/instances/s1/document", "s1")
+    assert r.status == 403
+    await api.bind("s1", "node-a", "tap0")
     stopped = await api.document("s1")
     assert stopped["meta"]["runtime"] == {"public": {}, "restricted": {}, "system": {}}
     assert stopped["meta"]["server"]["public"] == {"keep": "yes"}  # server data persists
@@ -95,7 +99,7 @@ async def test_runtime_appears_after_start_and_goes_at_stop(api: Api) -> None:
 
 async def test_restart_clears_runtime(api: Api) -> None:
     tok = await api.customer("c1")
-    await api.server("s1", "c1", token=tok)
+    await api.server("s1", "c1")
     await api.call("POST", "/v1/servers/s1/start", tok,
                    json_body={"metadata": {"public": {"run": "1"}}})
     await api.call("POST", "/v1/servers/s1/start", tok,
@@ -106,7 +110,7 @@ async def test_restart_clears_runtime(api: Api) -> None:
 async def test_revision_follows_every_dependency(api: Api) -> None:
     tok = await api.customer("c1")
     await api.call("POST", "/v1/images", tok, json_body={"id": "i1"})
-    await api.server("s1", "c1", token=tok, image_id="i1")
+    await api.server("s1", "c1", image_id="i1")
     seen = [(await api.document("s1"))["revision"]]
     for path in ("/v1/customers/c1/metadata/public", "/v1/images/i1/metadata/public",
                  "/v1/servers/s1/metadata/public"):
@@ -152,10 +156,13 @@ async def test_full_server_spec_round_trip(api: Api) -> None:
             "name": "eth0", "mac": "52:54:00:12:34:56", "mtu": 1450, "dhcp4": False,
             "addresses": [{"address": "10.0.0.5", "prefix": 24}], "gateway4": "10.0.0.1",
             "nameservers": ["10.0.0.1"], "search": ["example.internal"]}]},
-        "bindings": [{"node": "node-a", "ifname": "tapweb1"}],
     }
     r = await api.call("PUT", "/v1/servers/web-1", json_body=spec)
     assert r.status == 201, r.body
+    await api.bind("web-1", "node-a", "tapweb1", mac="FE:54:00:12:34:56")
+    bound = (await api.call("GET", "/v1/servers/web-1/bindings")).body["bindings"]
+    assert [(b["node"], b["ifname"], b["mac"]) for b in bound] == [
+        ("node-a", "tapweb1", "fe:54:00:12:34:56")]
     got = (await api.call("GET", "/v1/servers/web-1")).body
     for key, value in spec.items():
         assert got[key] == value, key

@@ -9,9 +9,9 @@ from tests.backend.support import NODE_TOKENS, Api
 
 async def _scene(api: Api) -> str:
     tok = await api.customer("c1")
-    await api.server("s1", "c1", token=tok, node="node-a")
-    await api.server("s2", "c1", token=tok, node="node-b")
-    await api.server("s3", "c1", token=tok, node=None)
+    await api.server("s1", "c1", node="node-a")
+    await api.server("s2", "c1", node="node-b")
+    await api.server("s3", "c1", node=None)
     return tok
 
 

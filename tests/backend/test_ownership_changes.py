@@ -8,7 +8,7 @@ from tests.backend.support import Api
 async def test_moved_server_runtime_follows_new_owner(api: Api) -> None:
     a = await api.customer("ca")
     b = await api.customer("cb")
-    await api.server("s1", "ca", token=a)
+    await api.server("s1", "ca")
     await api.call("POST", "/v1/servers/s1/start", a)
     r = await api.call("PATCH", "/v1/servers/s1", json_body={"customer_id": "cb"})
     assert r.status == 200 and r.body["customer_id"] == "cb"
@@ -26,13 +26,13 @@ async def test_image_made_private_keeps_existing_servers_working(api: Api) -> No
     user = await api.customer("user")
     await api.call("POST", "/v1/images", vendor,
                    json_body={"id": "img", "visibility": "public"})
-    await api.server("s1", "user", token=user, image_id="img")
+    await api.server("s1", "user", image_id="img")
     r = await api.call("PATCH", "/v1/images/img", vendor, json_body={"visibility": "private"})
     assert r.status == 200 and r.body["visibility"] == "private"
     r = await api.call("PATCH", "/v1/servers/s1", user, json_body={"hostname": "renamed"})
     assert r.status == 200, r.body
     # …but a new server cannot pick it any more.
-    r = await api.call("PUT", "/v1/servers/s2", user,
+    r = await api.call("POST", "/v1/servers", user,
                        json_body={"hostname": "s2", "image_id": "img"})
     assert r.status == 400
     assert (await api.document("s1"))["image_id"] == "img"

@@ -79,7 +79,7 @@ async def test_two_processes_on_postgres_wake_each_other(pg_server: PgServer,
         async with ClientSession() as session:
             api_a, api_b = Api(session, a.base), Api(session, b.base)
             tok = await api_a.customer("c1")
-            await api_a.server("s1", "c1", token=tok)
+            await api_a.server("s1", "c1")
             # Both processes serve the same data.
             assert (await api_b.call("GET", "/v1/servers/s1", tok)).status == 200
             rev = (await api_b.node("GET", "node-a", "/bindings")).body["revision"]
@@ -204,7 +204,7 @@ async def test_json_logs_one_line_per_request_without_secrets(tmp_path: Path) ->
         async with ClientSession() as session:
             api = Api(session, backend.base)
             tok = await api.customer("c1")
-            await api.server("s1", "c1", token=tok)
+            await api.server("s1", "c1")
             await api.node("GET", "node-a", "/instances/s1/document", "s1",
                            headers={"X-Request-Id": "trace-42"})
             await api.call("GET", "/v1/servers/s1", "not-a-valid-token")

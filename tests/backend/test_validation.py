@@ -88,7 +88,7 @@ async def test_customer_cannot_create_for_others(api: Api) -> None:
     r = await api.call("PUT", "/v1/servers/s1", tok, json_body={"customer_id": "c2",
                                                                "hostname": "h"})
     assert r.status == 403
-    await api.server("s1", "c1", token=tok)
+    await api.server("s1", "c1")
     r = await api.call("PATCH", "/v1/servers/s1", tok, json_body={"customer_id": "c2"})
     assert r.status == 403
 
@@ -96,11 +96,10 @@ async def test_customer_cannot_create_for_others(api: Api) -> None:
 async def test_binding_in_use_is_409(api: Api) -> None:
     await api.customer("c1")
     await api.server("s1", "c1", ifname="tapx")
-    r = await api.call("PUT", "/v1/servers/s2", json_body={
-        "customer_id": "c1", "hostname": "s2", "bindings": [{"node": "node-a",
-                                                             "ifname": "tapx"}]})
+    await api.server("s2", "c1", node=None)
+    r = await api.call("PUT", "/v1/servers/s2/bindings/node-a/tapx")
     assert r.status == 409 and "tapx" in r.body["error"]
-    assert (await api.call("GET", "/v1/servers/s2")).status == 404
+    assert (await api.call("GET", "/v1/servers/s2/bindings")).body["bindings"] == []
 
 
 @pytest.mark.parametrize("collection", ["customers", "servers", "images"])
@@ -132,7 +131,7 @@ async def test_pagination(api: Api, collection: str) -> None:
 async def test_delete_rules(api: Api) -> None:
     tok = await api.customer("c1")
     await api.call("POST", "/v1/images", tok, json_body={"id": "i1"})
-    await api.server("s1", "c1", token=tok, image_id="i1")
+    await api.server("s1", "c1", image_id="i1")
     assert (await api.call("DELETE", "/v1/images/i1", tok)).status == 409
     assert (await api.call("DELETE", "/v1/customers/c1")).status == 409
     assert (await api.call("DELETE", "/v1/servers/s1", tok)).status == 204

@@ -30,7 +30,7 @@ async def _watch(api: Api, node: str, since: int, timeout: float = 10) -> dict[s
 
 async def test_watch_wakes_within_a_second(api: Api) -> None:
     tok = await api.customer("c1")
-    await api.server("s1", "c1", token=tok)
+    await api.server("s1", "c1")
     rev = (await api.node("GET", "node-a", "/bindings")).body["revision"]
     task = asyncio.create_task(_watch(api, "node-a", rev))
     await _waiting(api, 1)
@@ -46,8 +46,8 @@ async def test_watch_wakes_within_a_second(api: Api) -> None:
 
 async def test_watch_scope_and_bindings(api: Api) -> None:
     tok = await api.customer("c1")
-    await api.server("s1", "c1", token=tok, node="node-a")
-    await api.server("s2", "c1", token=tok, node="node-b")
+    await api.server("s1", "c1", node="node-a")
+    await api.server("s2", "c1", node="node-b")
     rev = (await api.node("GET", "node-a", "/bindings")).body["revision"]
 
     # A change to node-b's instance does not concern node-a.
@@ -69,8 +69,9 @@ async def test_watch_scope_and_bindings(api: Api) -> None:
     assert r2["bindings_changed"] is True
     b = await api.node("GET", "node-a", "/bindings")
     assert b.body["bindings"][0]["metadata_enabled"] is False
-    await api.call("PATCH", "/v1/servers/s1", tok,
-                   json_body={"bindings": [{"node": "node-b", "ifname": "tap9"}]})
+    r3 = await api.call("PUT", "/v1/servers/s1/bindings",
+                        json_body={"bindings": [{"node": "node-b", "ifname": "tap9"}]})
+    assert r3.status == 200, r3.body
     for node in ("node-a", "node-b"):
         assert (await _watch(api, node, r2["revision"], timeout=0))["bindings_changed"]
     assert (await api.node("GET", "node-a", "/bindings")).body["bindings"] == []
@@ -93,7 +94,7 @@ async def test_watch_times_out_and_rejects_bad_args(api: Api) -> None:
 
 async def test_many_watchers_all_woken(api: Api) -> None:
     tok = await api.customer("c1")
-    await api.server("s1", "c1", token=tok)
+    await api.server("s1", "c1")
     rev = (await api.node("GET", "node-a", "/bindings")).body["revision"]
     tasks = [asyncio.create_task(_watch(api, "node-a", rev)) for _ in range(20)]
     await _waiting(api, 20)

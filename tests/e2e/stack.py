@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -78,7 +79,8 @@ class ProductStack:
             "node_token": self.node_token, "signing_key": self.signing_key,
             "datapath": datapath, "tap_patterns": ["mdtap*", "tap*"],
             "operator_port": NODE_OPERATOR_PORT, "bpf_instance": self.bpf_instance,
-            "reconcile_interval": 5.0, **(node_options or {})}
+            "reconcile_interval": 5.0, "state_dir": str(self.work / "node-state"),
+            **(node_options or {})}
         self.backend: subprocess.Popen[bytes] | None = None
         self.node: subprocess.Popen[bytes] | None = None
 
@@ -143,9 +145,7 @@ class ProductStack:
         # Whatever a failed test left: the daemon's own cleanup command.
         sh([PYTHON, "-m", "interceptor", "node", "--cleanup", "--datapath", self.datapath,
             "--bpf-instance", self.bpf_instance], netns=self.netns, check=False, timeout=60)
-        for path in self.work.iterdir():
-            path.unlink()
-        self.work.rmdir()
+        shutil.rmtree(self.work)
 
     def add_guest(self, **kwargs: Any) -> Guest:
         """A guest on a routed tap, or (``taps="bridged"``) on a tap enslaved to
@@ -217,12 +217,26 @@ class ProductStack:
         """Create or replace a server in one REST call (``PUT /v1/servers/{id}``);
         ``spec`` is any of the server fields (user_data parts, network, …)."""
         self.ensure_customer(customer)
-        body = {"customer_id": customer, "hostname": hostname,
-                "bindings": [{"node": self.node_name, "ifname": ifname}] if ifname else [],
-                **spec}
+        body = {"customer_id": customer, "hostname": hostname, **spec}
         status, payload = self.api("PUT", f"/v1/servers/{iid}", body)
         assert status in (200, 201), (status, payload)
+        if ifname is not None:
+            self.bind(iid, ifname)
         return dict(payload)
+
+    def bind(self, iid: str, ifname: str, mac: str | None = None) -> dict[str, Any]:
+        """The platform plugs ``ifname`` into ``iid`` (a new incarnation)."""
+        status, payload = self.api("PUT", f"/v1/servers/{iid}/bindings/{self.node_name}/"
+                                   f"{ifname}", {"mac": mac} if mac else None)
+        assert status == 200, (status, payload)
+        return dict(payload)
+
+    def unbind(self, iid: str, ifname: str | None = None) -> None:
+        """The platform unplugs one tap of ``iid`` (all of them when None)."""
+        path = f"/v1/servers/{iid}/bindings" + (
+            f"/{self.node_name}/{ifname}" if ifname else "")
+        status, payload = self.api("DELETE", path)
+        assert status == 204, (status, payload)
 
     def document(self, iid: str) -> dict[str, Any]:
         """What the API says the VM sees (``GET /v1/servers/{id}/document``)."""

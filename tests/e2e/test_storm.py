@@ -142,11 +142,11 @@ def _create_many(stack: ProductStack, guests: Sequence[Guest], prefix: str) -> l
         key = f"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIStormKey{n:03d} storm{n}@example"
         status, body = stack.api("PUT", f"/v1/servers/{iid}", {
             "customer_id": "cust-e2e", "hostname": f"{prefix}-{n:03d}",
-            "bindings": [{"node": stack.node_name, "ifname": guest.tap}],
             "ssh_keys": [{"name": "storm", "key": key}],
             "user_data": [{"name": "user", "content_type": "text/cloud-config",
                            "data": "I2Nsb3VkLWNvbmZpZwo="}]})
         assert status == 201, body
+        stack.bind(iid, guest.tap)
         ids.append(iid)
     return ids
 

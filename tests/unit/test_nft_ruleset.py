@@ -10,7 +10,7 @@ import pytest
 
 from interceptor.common.errors import DatapathError
 from interceptor.node.datapath import nft
-from interceptor.node.datapath.base import MARK_MASK, MARK_TAG, TapState
+from interceptor.node.datapath.base import MARK_MASK, MARK_TAG, TapState, mark_for
 from interceptor.node.datapath.bridge import (
     BYPASS_BIT,
     BYPASS_MAC,
@@ -27,8 +27,8 @@ from interceptor.node.datapath.nft import (
     reference_ruleset,
     render_ingress_chain,
     render_ruleset,
-    zone_for,
 )
+from interceptor.node.datapath.zones import ZonePool
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -135,7 +135,7 @@ def test_incremental_sync_touches_only_changed_elements() -> None:
     assert "delete element inet interceptor cnt_steered { 12 }" in lines
     # tap3 new and steered.
     assert "add element inet interceptor managed { 13 }" in lines
-    assert f"add element inet interceptor vm_zone {{ 13 : {zone_for(13)} }}" in lines
+    assert "add element inet interceptor vm_zone { 13 : 1 }" in lines
     assert "add element netdev interceptor steered { 13 }" in lines
     # No rule is ever added or deleted.
     assert not [ln for ln in lines if re.match(r"(add|insert|delete) rule", ln)]
@@ -184,11 +184,34 @@ def test_full_sync_flushes_and_rewrites_all_elements(monkeypatch: pytest.MonkeyP
     assert text.count("chain tap_ingress_") == 3  # re-created shards
 
 
-def test_zone_is_sixteen_bits_and_never_zero() -> None:
-    assert zone_for(1) == 1
-    assert zone_for(65535) == 65535
-    assert zone_for(65536) == 1
-    assert all(0 < zone_for(i) <= 0xFFFF for i in (1, 2, 70000, (1 << 24) - 1))
+def test_zones_are_allocated_unique_for_any_ifindex() -> None:
+    # ifindex mod 65535 would give 1 and 65536 the same zone: two guests with
+    # the same address and port would then share conntrack entries.
+    pool = ZonePool()
+    big = [1, 65536, 131071, (1 << 24) + 1, (1 << 31) - 1]
+    pool.assign(big)
+    zones = pool.zones
+    assert sorted(zones.values()) == [1, 2, 3, 4, 5]
+    pool.assign([65536, 7])  # kept taps keep their zone; freed zones are reused
+    assert pool.zones[65536] == zones[65536] and pool.zones[7] == 1
+    assert all(0 < z <= 0xFFFF for z in pool.zones.values())
+    with pytest.raises(ValueError, match="zones"):
+        ZonePool(size=2).assign([1, 2, 3])
+
+
+def test_marks_cover_every_linux_ifindex() -> None:
+    for ifindex in (1, 65536, (1 << 24) - 1, 1 << 24, (1 << 31) - 1):
+        assert mark_for(ifindex) & MARK_MASK == MARK_TAG
+    with pytest.raises(ValueError):
+        mark_for(0)
+
+
+def test_sync_of_large_ifindexes_gives_distinct_zones() -> None:
+    taps = {f"tap{i}": tap(f"tap{i}", i) for i in (1, 65536, (1 << 24) + 1)}
+    text, _ = NftDatapath()._sync_batch(taps, _Applied(taps={}, shards=[]), full=False)
+    zone_line = next(ln for ln in text.splitlines() if " vm_zone " in ln)
+    assert zone_line == ("add element inet interceptor vm_zone "
+                         "{ 1 : 1, 65536 : 2, 16777217 : 3 }")
 
 
 def test_bad_tap_entry_is_refused() -> None:

@@ -19,15 +19,20 @@ METADATA_ADDRESS = "169.254.169.254"
 METADATA_PORT = 80
 
 MARK_TAG = 0x4D000000
-"""High byte of every mark this project sets; the low 24 bits are the ifindex."""
+"""High byte of every mark this project sets; the low 24 bits carry the ifindex
+(folded past 2**24), for people reading packet traces."""
 MARK_MASK = 0xFF000000
+IFINDEX_BITS = 0x00FFFFFF
 
 
 def mark_for(ifindex: int) -> int:
-    """The packet mark for a tap: unique per ifindex, so a recreated tap gets a new one."""
-    if not 0 < ifindex < (1 << 24):
-        raise ValueError(f"ifindex {ifindex} out of range for a mark")
-    return MARK_TAG | ifindex
+    """The packet mark for a tap. Only ``MARK_TAG`` under ``MARK_MASK`` is ever
+    matched (policy routing, the host-input filter), so the low bits need not
+    be unique: identity is the listener socket, never the mark. Any ifindex
+    the kernel can hand out (up to 2**31 - 1) gets a mark."""
+    if not 0 < ifindex < (1 << 31):
+        raise ValueError(f"ifindex {ifindex} is not a Linux ifindex")
+    return MARK_TAG | (ifindex & IFINDEX_BITS)
 
 
 @dataclass(frozen=True)

@@ -104,6 +104,7 @@ from interceptor.node.datapath.base import (
 )
 from interceptor.node.datapath.bridge import BYPASS_MAC, PortFacts, port_facts
 from interceptor.node.datapath.routing import DEFAULT_PREF, DEFAULT_TABLE, PolicyRouting
+from interceptor.node.datapath.zones import ZonePool
 
 log = logging.getLogger(__name__)
 
@@ -181,11 +182,6 @@ class NftConfig:
                 raise DatapathError(f"nft: port {port} out of range")
         if min(self.syn_rate_per_s, self.syn_burst, self.max_connections) < 1:
             raise DatapathError("nft: rate and connection limits must be positive")
-
-
-def zone_for(ifindex: int) -> int:
-    """Conntrack zone of a tap (16 bits; zone 0 is everyone else's)."""
-    return (ifindex - 1) % 0xFFFF + 1
 
 
 def _set_of(items: Iterable[str]) -> str:
@@ -330,6 +326,7 @@ class NftDatapath:
         self.cfg = cfg or NftConfig()
         self.routing = PolicyRouting(self.cfg.route_table, self.cfg.rule_pref)
         self._applied: _Applied | None = None  # None: kernel state not adopted yet
+        self._zones = ZonePool()
 
     # -- nft plumbing ----------------------------------------------------------
 
@@ -438,6 +435,9 @@ class NftDatapath:
         steer = {i for i, tap in want.items() if tap.steer and tap.ifname not in blocked}
         had = {tap.ifindex: tap for tap in old.taps.values()}
         had_steer = {i for i, tap in had.items() if tap.steer and tap.ifname not in old.blocked}
+        old_zones = dict(self._zones.zones)  # deletions name the zone they were given
+        self._zones.assign(steer)
+        zones = {**old_zones, **self._zones.zones}
         lines: list[str] = []
         if full:
             for fam, obj in (("inet", "managed"), ("inet", "vm_mark"), ("inet", "vm_zone"),
@@ -451,11 +451,14 @@ class NftDatapath:
             add_steer, del_steer = steer - had_steer, had_steer - steer
 
         def elems(fam: str, obj: str, keys: Iterable[int], kind: str = "") -> str:
-            body = ", ".join(_element(kind, i) for i in sorted(keys))
+            body = ", ".join(_element(kind, i, zones) for i in sorted(keys))
             return f"element {fam} {t} {obj} {{ {body} }}"
 
         for fam, obj, kind, keys in (
-                ("inet", "vm_mark", "mark", del_steer), ("inet", "vm_zone", "zone", del_steer),
+                ("inet", "vm_mark", "mark", del_steer),
+                # A zone this process never gave is not in the kernel (a full
+                # sync flushed the map), and adding it with a guessed zone fails.
+                ("inet", "vm_zone", "zone", del_steer & set(old_zones)),
                 ("netdev", "steered", "", del_steer), ("inet", "managed", "", del_managed)):
             if keys:
                 lines += [f"add {elems(fam, obj, keys, kind)}",
@@ -590,11 +593,11 @@ def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
         yield items[i:i + size]
 
 
-def _element(kind: str, ifindex: int) -> str:
+def _element(kind: str, ifindex: int, zones: Mapping[int, int]) -> str:
     if kind == "mark":
         return f"{ifindex} : 0x{mark_for(ifindex):08x}"
     if kind == "zone":
-        return f"{ifindex} : {zone_for(ifindex)}"
+        return f"{ifindex} : {zones[ifindex]}"
     return str(ifindex)
 
 

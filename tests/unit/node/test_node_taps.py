@@ -3,14 +3,21 @@ after it stops; a rebound or recreated tap never keeps its old identity."""
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+
+import pytest
 
 from interceptor.node.backend_client import Binding
 from interceptor.node.datapath.base import TapCounters, TapState
+from interceptor.node.datapath.listeners import TapListenerError
 from interceptor.node.desired_state import Link
 from interceptor.node.http_server import GuestListener, TapIdentity
+from interceptor.node.latches import MemoryLatches
+from interceptor.node.metrics import NodeMetrics
 from interceptor.node.taps import TapManager
 
 
@@ -59,12 +66,16 @@ class FakeServer:
         self.journal.events.append(("close", f"{identity.ifname}:{identity.instance_id}"))
 
 
-def manager(journal: Journal, action: str = "reset") -> tuple[TapManager, list[set[str]]]:
+def manager(journal: Journal, action: str = "reset", *,
+            open_listener: Callable[[str, str, int], socket.socket] | None = None,
+            latches: MemoryLatches | None = None, metrics: NodeMetrics | None = None
+            ) -> tuple[TapManager, list[set[str]]]:
     served: list[set[str]] = []
     taps = TapManager(FakeDatapath(journal), FakeServer(journal),  # type: ignore[arg-type]
                       disabled_action=action, address="169.254.169.254", port=80,
                       on_instances_changed=served.append,
-                      open_listener=lambda *_: socket.socket())
+                      open_listener=open_listener or (lambda *_: socket.socket()),
+                      latch_store=latches, metrics=metrics, ifindex_of=None)
     return taps, served
 
 
@@ -105,3 +116,62 @@ async def test_vanished_tap_closes_its_listener() -> None:
     await taps.update_links({})
     assert journal.events[-2:] == [("sync", ""), ("close", "tap1:i-1")]
     assert served[-1] == set()
+
+
+async def test_failed_listener_is_refused_retried_and_counted(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """EADDRINUSE/EMFILE: the datapath must not steer to a tap with no socket
+    (the guest would hang); the manager retries until the listener opens."""
+    import interceptor.node.taps as taps_module
+
+    monkeypatch.setattr(taps_module, "RETRY_INITIAL_S", 0.01)
+    journal = Journal()
+    attempts: list[str] = []
+
+    def flaky(ifname: str, address: str, port: int) -> socket.socket:
+        attempts.append(ifname)
+        if len(attempts) < 3:
+            try:
+                raise OSError(errno.EMFILE, "Too many open files")
+            except OSError as exc:
+                raise TapListenerError(f"listener: {ifname}: {exc.strerror}") from exc
+        return socket.socket()
+
+    metrics = NodeMetrics()
+    taps, _ = manager(journal, open_listener=flaky, metrics=metrics)
+    try:
+        await taps.update_links({"tap1": Link("tap1", 5)})
+        await taps.update_bindings({"tap1": Binding("tap1", "i-1", True)})
+        assert journal.events[-1] == ("sync", "")  # refused, not steered to nothing
+        assert taps.failed_listeners == {"tap1": "emfile"}
+        assert taps.refused == {"tap1": "no_listener"}
+        text = metrics.render().decode()
+        assert 'interceptor_node_tap_listener_failures_total{reason="emfile"} 1.0' in text
+        assert "interceptor_node_tap_listeners_pending 1.0" in text
+        for _ in range(200):
+            if journal.events[-1] == ("sync", "tap1"):
+                break
+            await asyncio.sleep(0.01)
+        assert journal.events[-2:] == [("open", "tap1:i-1"), ("sync", "tap1")]
+        assert len(attempts) == 3 and taps.refused == {}
+        assert "interceptor_node_tap_listeners_pending 0.0" in metrics.render().decode()
+    finally:
+        await taps.close()
+
+
+async def test_latches_survive_a_restart_of_the_manager() -> None:
+    """A tap recreated while the daemon was down is not served on restart."""
+    store = MemoryLatches()
+    journal = Journal()
+    taps, _ = manager(journal, latches=store)
+    await taps.update_links({"tap1": Link("tap1", 5)})
+    await taps.update_bindings({"tap1": Binding("tap1", "i-1", True, generation=7)})
+    assert store.latches == {("tap1", 7): 5}
+    await taps.close()
+    # "Restart": a new manager over the same store; tap1 now has ifindex 6.
+    journal2 = Journal()
+    again, served = manager(journal2, latches=store)
+    await again.update_links({"tap1": Link("tap1", 6)})
+    await again.update_bindings({"tap1": Binding("tap1", "i-1", True, generation=7)})
+    assert ("open", "tap1:i-1") not in journal2.events and served[-1] == set()
+    assert again.refused == {"tap1": "recreated"}
