@@ -141,12 +141,14 @@ async def put_one(request: web.Request) -> web.Response:
 async def delete_one(request: web.Request) -> web.Response:
     """Unplug: release one tap or serial socket (404 when it is not bound here)."""
     ctx, sid = await _platform(request)
-    key = model.binding_key(_one(request, {}))
+    one = _one(request, {})
+    key = model.binding_key(one)
     rec = await ctx.store.get("server", sid)
     if rec is None:
         raise NotFound(f"server {sid} not found")
     if not any(model.binding_key(b) == key for b in server_bindings(rec)):
-        raise NotFound(f"server {sid} has no binding {key[1]} on node {key[0]}")
+        what = f"serial socket {one['serial']}" if "serial" in one else f"tap {one['ifname']}"
+        raise NotFound(f"server {sid} has no binding of {what} on node {one['node']}")
     await _write(ctx, request, sid,
                  lambda old: [b for b in old if model.binding_key(b) != key])
     return web.Response(status=204)

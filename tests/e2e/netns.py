@@ -131,7 +131,7 @@ class Topology:
     def add_guest(self, *, ip: str = "10.0.0.2/24", mac: str | None = None,
                   route: str = "onlink", gateway: str = "10.0.0.1",
                   kind: str = "veth", tap: str | None = None,
-                  bridge: str | None = None) -> Guest:
+                  bridge: str | None = None, index: int | None = None) -> Guest:
         """A guest namespace wired to the node by a veth pair (host end = the
         "tap") or by a real tap device whose frames a pump process carries to
         a tap inside the guest namespace. ``route="gateway"`` gives the guest
@@ -139,14 +139,15 @@ class Topology:
         end, so the host answers ARP for it (as a routed-tap setup does).
         ``bridge`` (from ``add_bridge``) makes the tap a port of that bridge
         instead; the gateway address then goes on the bridge, with the
-        guest's prefix length."""
+        guest's prefix length. ``index`` picks the host end's ifindex (veth)."""
         if route not in ("onlink", "gateway"):
             raise ValueError(route)
         netns = self.add_netns("g")
         tap = tap or self.tap_name()
         ifname = "eth0"
         if kind == "veth":
-            sh(["ip", "link", "add", tap, "type", "veth", "peer", "name", ifname,
+            at = ["index", str(index)] if index is not None else []
+            sh(["ip", "link", "add", tap, *at, "type", "veth", "peer", "name", ifname,
                 "netns", netns], netns=self.node)
         elif kind == "tap":
             self._start_pump(tap, netns, ifname)
