@@ -22,12 +22,14 @@ Examples::
 token); a customer creating a server gets an id chosen by the backend.
     interceptor ctl meta set server vm1 public role=web size=3 [--json]
     interceptor ctl meta get server vm1 public
+    interceptor ctl configdrive vm1 -o vm1.iso [--format openstack|nocloud]   (admin)
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import sys
@@ -60,6 +62,12 @@ class Client:
 
     def request(self, method: str, path: str, body: Any = None,
                 headers: dict[str, str] | None = None) -> tuple[Any, dict[str, str]]:
+        raw, resp_headers = self.fetch(method, path, body, headers)
+        return (json.loads(raw) if raw else None), resp_headers
+
+    def fetch(self, method: str, path: str, body: Any = None,
+              headers: dict[str, str] | None = None) -> tuple[bytes, dict[str, str]]:
+        """The raw response body and headers (HttpFailure on any error)."""
         hdrs = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
         hdrs.update(headers or {})
         data = None
@@ -70,8 +78,7 @@ class Client:
                                      headers=hdrs)
         try:
             with urllib.request.urlopen(req, timeout=TIMEOUT) as resp:  # noqa: S310
-                raw = resp.read()
-                return (json.loads(raw) if raw else None), dict(resp.headers)
+                return resp.read(), dict(resp.headers)
         except urllib.error.HTTPError as exc:
             raw = exc.read()
             try:
@@ -249,6 +256,25 @@ def _image_cmd(c: Client, a: argparse.Namespace) -> Any:
     return c.request("GET", "/v1/images?limit=1000")[0]
 
 
+def _configdrive_cmd(c: Client, a: argparse.Namespace) -> Any:
+    path = (f"/v1/servers/{urllib.parse.quote(a.id, safe='')}/configdrive?"
+            + urllib.parse.urlencode({"format": a.format}))
+    image, headers = c.fetch("GET", path, headers={"Accept": "application/x-iso9660-image"})
+    # The image holds the VM's user-data: readable by its writer only, replaced atomically.
+    tmp = f"{a.output}.tmp{os.getpid()}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(image)
+        os.replace(tmp, a.output)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise UsageError(f"cannot write {a.output}: {exc.strerror}") from None
+    return {"server": a.id, "format": a.format, "file": a.output, "bytes": len(image),
+            "etag": headers.get("ETag")}
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="interceptor ctl", description=__doc__.split("\n")[0])
     p.add_argument("--url", default=os.environ.get("INTERCEPTOR_URL", DEFAULT_URL),
@@ -312,6 +338,12 @@ def _parser() -> argparse.ArgumentParser:
     su2.add_argument("--ifname")
     su2.add_argument("--serial")
 
+    cd = top.add_parser("configdrive", help="write a server's config-drive ISO (admin)")
+    cd.add_argument("id", metavar="SERVER")
+    cd.add_argument("-o", "--output", required=True, metavar="FILE.iso")
+    cd.add_argument("--format", choices=("openstack", "nocloud"), default="openstack",
+                    help="openstack (label config-2, default) or nocloud (label cidata)")
+
     meta = top.add_parser("meta", help="metadata").add_subparsers(dest="action", required=True)
     for name in ("get", "set", "delete"):
         m = meta.add_parser(name)
@@ -337,7 +369,7 @@ def main(argv: list[str]) -> int:
         print("interceptor ctl: no token (--token or INTERCEPTOR_TOKEN)", file=sys.stderr)
         return 2
     handlers = {"server": _server_cmd, "meta": _meta_cmd, "customer": _customer_cmd,
-                "image": _image_cmd}
+                "image": _image_cmd, "configdrive": _configdrive_cmd}
     try:
         client = Client(args.url, args.token)
         result = handlers[args.group](client, args)

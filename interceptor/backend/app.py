@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from interceptor.backend import routes_bindings, routes_nodes, routes_owner
+from interceptor.backend import routes_bindings, routes_configdrive, routes_nodes, routes_owner
 from interceptor.backend.auth import Authenticator
 from interceptor.backend.changes import ChangeNotifier, prune_forever
 from interceptor.backend.config import BackendConfig
@@ -110,5 +110,6 @@ def create_app(cfg: BackendConfig, *, metrics: BackendMetrics | None = None,
     routes_owner.add_routes(app)
     routes_nodes.add_routes(app)
     routes_bindings.add_routes(app)
+    routes_configdrive.add_routes(app)
     add_openapi(app)
     return app

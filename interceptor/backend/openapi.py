@@ -173,6 +173,8 @@ OPERATIONS: list[tuple[str, str, str, str | None, int, str | None]] = [
      200, "Metadata"),
     ("get", "/v1/servers/{id}/document", "Preview the instance document (owner)", None, 200,
      "Document"),
+    ("get", "/v1/servers/{id}/configdrive",
+     "Config-drive ISO of a server, from its instance document (admin)", None, 200, None),
     ("get", "/v1/nodes/{node}/bindings", "Bindings of a node (node token, signed)", None, 200,
      "Bindings"),
     ("get", "/v1/nodes/{node}/instances/{iid}/document", "Instance document (node)", None,
@@ -202,7 +204,14 @@ for _prefix, _what in (("/v1/customers/{id}", "customer"), ("/v1/images/{id}", "
          "Metadata"),
     ]
 
+# Operations whose success body is not JSON: media type of the body.
+_BINARY = {("get", "/v1/servers/{id}/configdrive"): "application/x-iso9660-image"}
 _QUERY = {
+    ("get", "/v1/servers/{id}/configdrive"): [
+        {"name": "format", "in": "query", "description": "openstack (label config-2) or "
+         "nocloud (label cidata)",
+         "schema": {"type": "string", "enum": ["openstack", "nocloud"],
+                    "default": "openstack"}}],
     ("get", "/v1/nodes/{node}/watch"): [
         {"name": "since", "in": "query", "schema": {"type": "integer", "minimum": 0}},
         {"name": "timeout", "in": "query",
@@ -240,6 +249,10 @@ def _operation(method: str, path: str, summary: str, request: str | None, status
         ok["headers"] = {"ETag": {"schema": {"type": "string"}}}
     elif path.endswith("openapi.json"):
         ok["content"] = {JSON: {"schema": {"type": "object"}}}
+    elif (method, path) in _BINARY:
+        ok["content"] = {_BINARY[method, path]: {"schema": {"type": "string",
+                                                            "format": "binary"}}}
+        ok["headers"] = {"ETag": {"schema": {"type": "string"}}}
     responses: dict[str, Any] = {str(status): ok}
     if method == "put" and path == "/v1/servers/{id}":
         responses["201"] = ok
@@ -254,7 +267,8 @@ def _operation(method: str, path: str, summary: str, request: str | None, status
     if path.startswith("/v1/nodes") and method != "get":
         responses["429"] = {"description": "Too many guest writes (Retry-After)",
                             "content": {JSON: {"schema": _ref("Error")}}}
-    if path.endswith("/document") and path.startswith("/v1/nodes"):
+    if (path.endswith("/document") and path.startswith("/v1/nodes")) or (
+            (method, path) in _BINARY):
         responses["304"] = {"description": "Not modified (If-None-Match)"}
     return op | {"responses": responses}
 

@@ -49,8 +49,10 @@ Shape (keys marked * are always present)::
       },
       "vendor_data": {"static": {...}, "dynamic": {"target-name": {...}}},   *
       "password": "..." | null,                      * set once by the guest (OpenStack)
-      "guest_data": {"key": "value"}                 * the guest-writable namespace
-    }
+      "guest_data": {"key": "value"},                * the guest-writable namespace
+      "region": "us-east1"                           optional: only a source that knows it
+    }                                                (the serial file driver); else the
+                                                     region is derived from the zone
 
 Metadata values are JSON values (usually strings). System metadata holds the
 platform's facts: customer ``sshkeys`` (``{"user": ["key", ...]}``, ``""`` =
@@ -142,6 +144,7 @@ class InstanceDocument(TypedDict):
     vendor_data: VendorData
     password: str | None
     guest_data: dict[str, str]
+    region: NotRequired[str]
 
 
 class DocumentError(ValueError):

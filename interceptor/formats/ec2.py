@@ -15,7 +15,14 @@ from dataclasses import dataclass, field
 
 from interceptor.formats import userdata
 from interceptor.formats.document import InstanceDocument
-from interceptor.formats.facts import Nic, clean_line, key_entries, nics_of, primary_ipv4, region_of
+from interceptor.formats.facts import (
+    Nic,
+    clean_line,
+    key_entries,
+    nics_of,
+    primary_ipv4,
+    region_of_document,
+)
 from interceptor.formats.rendered import JSON, NOT_FOUND, OCTETS, Rendered, json_bytes, listing
 from interceptor.formats.tree import Dir, Lazy, Leaf, Node, lookup
 
@@ -102,7 +109,8 @@ def _tags(view: _View) -> Node | None:
 
 def _placement(view: _View) -> Node | None:
     zone = view.doc["availability_zone"]
-    return Dir({"availability-zone": Leaf.of(zone), "region": Leaf.of(region_of(zone))})
+    return Dir({"availability-zone": Leaf.of(zone),
+                "region": Leaf.of(region_of_document(view.doc))})
 
 
 def _leaf(get: Callable[[_View], str | None]) -> Builder:
@@ -165,7 +173,7 @@ def identity_document(doc: InstanceDocument) -> dict[str, object]:
         "kernelId": None,
         "privateIp": primary_ipv4(nics_of(doc)),
         "ramdiskId": None,
-        "region": region_of(doc["availability_zone"]),
+        "region": region_of_document(doc),
         "version": IDENTITY_VERSION,
     }
 
@@ -200,3 +208,22 @@ def render(doc: InstanceDocument, segments: Sequence[str]) -> Rendered:
     if version is None:
         return NOT_FOUND
     return lookup(version_tree(doc, version), segments[1:])
+
+
+def _as_json(node: Node | None) -> object:
+    while isinstance(node, Lazy):
+        node = node.build()
+    if isinstance(node, Dir):
+        return {name: _as_json(child) for name, child in node.children.items()}
+    if isinstance(node, Leaf):
+        return node.body.decode("utf-8", "replace")
+    return None
+
+
+def meta_data_json(doc: InstanceDocument, version: str) -> dict[str, object]:
+    """The ``meta-data/`` tree of ``version`` as one JSON object (directories
+    become objects, leaves strings): ``ec2/<version>/meta-data.json`` of an
+    OpenStack config drive."""
+    resolved = _resolve(version) or VERSIONS[-1]
+    out = _as_json(meta_data_tree(doc, resolved))
+    return out if isinstance(out, dict) else {}

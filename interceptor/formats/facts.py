@@ -50,6 +50,12 @@ def region_of(zone: str) -> str:
     return match.group(1) if match else zone
 
 
+def region_of_document(doc: InstanceDocument) -> str:
+    """The document's own ``region`` when its source set one, else ``region_of`` its zone."""
+    region = doc.get("region")
+    return region if isinstance(region, str) and region else region_of(doc["availability_zone"])
+
+
 @dataclass(frozen=True)
 class IfaceAddr:
     """One valid address of an interface, parsed."""

@@ -31,7 +31,7 @@ import yaml
 
 from interceptor.formats import userdata
 from interceptor.formats.document import InstanceDocument, JSONValue
-from interceptor.formats.facts import interfaces_of, key_entries
+from interceptor.formats.facts import interfaces_of, key_entries, region_of_document
 from interceptor.formats.network import network_config_v1, network_config_v2
 from interceptor.formats.rendered import NOT_FOUND, OCTETS, YAML, Rendered, listing
 
@@ -71,6 +71,31 @@ def meta_data(doc: InstanceDocument) -> dict[str, Any]:
     if keys:
         out["public-keys"] = keys
     return out
+
+
+def tag_list(doc: InstanceDocument) -> list[str]:
+    """Tags as a list (``key=value``, or ``key`` when the value is empty), and
+    only when the owner made tags visible to the VM, as on the EC2 surface."""
+    if not doc["tags_visible"]:
+        return []
+    return [f"{key}={value}" if value else str(key) for key, value in doc["tags"].items()]
+
+
+def meta_data_json(doc: InstanceDocument) -> dict[str, Any]:
+    """The meta-data as the serial channel returns it (JSON, NoCloud keys): the
+    values of ``meta_data`` plus ``ami-id``, ``region`` and ``tags``, with
+    ``public-keys`` always a list."""
+    base = meta_data(doc)
+    return {
+        "ami-id": doc["image_id"],
+        "instance-id": base["instance-id"],
+        "region": region_of_document(doc),
+        "availability-zone": base["availability-zone"],
+        "tags": tag_list(doc),
+        "public-keys": list(base.get("public-keys", [])),
+        "hostname": base["hostname"],
+        "local-hostname": base["local-hostname"],
+    }
 
 
 def _vendor_parts(doc: InstanceDocument) -> list[userdata.Part]:
