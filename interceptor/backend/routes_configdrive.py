@@ -11,7 +11,6 @@ the same bytes, so the ETag is the document revision plus the format and
 from __future__ import annotations
 
 import asyncio
-from typing import cast
 
 from aiohttp import web
 
@@ -19,7 +18,7 @@ from interceptor.backend import documents
 from interceptor.backend.context import BACKEND
 from interceptor.backend.errors import BadRequest, NotFound
 from interceptor.backend.objects import require_admin
-from interceptor.channels.configdrive import FORMATS, MEDIA_TYPE, Format, build_iso
+from interceptor.channels.configdrive import FORMATS, MEDIA_TYPE, build_iso
 
 
 def _etag(revision: int, fmt: str) -> str:
@@ -40,7 +39,7 @@ async def get_configdrive(request: web.Request) -> web.StreamResponse:
     if tag in (t.strip() for t in request.headers.get("If-None-Match", "").split(",")):
         return web.Response(status=304, headers={"ETag": tag})
     # Building is CPU work (tens of ms): off the event loop.
-    image = await asyncio.to_thread(build_iso, doc, cast(Format, fmt))
+    image = await asyncio.to_thread(build_iso, doc, fmt)
     return web.Response(body=image, content_type=MEDIA_TYPE, headers={
         "ETag": tag,
         "Content-Disposition": f'attachment; filename="{sid}-{fmt}.iso"',

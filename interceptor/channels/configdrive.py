@@ -129,7 +129,7 @@ class _FixedClock(types.SimpleNamespace):
 @contextmanager
 def _fixed_clock() -> Iterator[None]:
     with _clock_lock:
-        saved = [module.time for module in _CLOCK_USERS]  # type: ignore[attr-defined]
+        saved = [module.time for module in _CLOCK_USERS]
         try:
             for module in _CLOCK_USERS:
                 module.time = _FixedClock()  # type: ignore[attr-defined]
