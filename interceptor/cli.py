@@ -18,6 +18,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "backend": ("interceptor.backend.cli", "run the central backend (REST API, change feed)"),
     "node": ("interceptor.node.cli", "run the node daemon (datapath + guest proxy)"),
     "ctl": ("interceptor.ctl", "admin client of the backend API"),
+    "serial": ("interceptor.channels.serial_cli",
+               "serve metadata over VMs' serial ports (UNIX sockets, concentrator)"),
 }
 
 USAGE = "usage: interceptor [--version] {" + ",".join(SUBCOMMANDS) + "} [args...]"
