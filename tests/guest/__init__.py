@@ -11,10 +11,17 @@
 from tests.guest.console import GuestResponse, GuestResult
 from tests.guest.image import GuestBuildError, GuestImage, build_guest
 from tests.guest.net import netns, random_mac, tap_device, unique_name
-from tests.guest.qemu import GuestBootError, boot_guest, boot_guest_async, kernel_args
+from tests.guest.qemu import (
+    GuestBootError,
+    boot_guest,
+    boot_guest_async,
+    cdrom_args,
+    kernel_args,
+    serial_socket_args,
+)
 
 __all__ = [
     "GuestBootError", "GuestBuildError", "GuestImage", "GuestResponse", "GuestResult",
-    "boot_guest", "boot_guest_async", "build_guest", "kernel_args", "netns",
-    "random_mac", "tap_device", "unique_name",
+    "boot_guest", "boot_guest_async", "build_guest", "cdrom_args", "kernel_args", "netns",
+    "random_mac", "serial_socket_args", "tap_device", "unique_name",
 ]

@@ -75,6 +75,10 @@ class GuestResult:
     net_ok: bool = False
     net_detail: str = ""
     responses: list[GuestResponse] = field(default_factory=list)
+    instance_id: str | None = None
+    """What the guest itself read as its instance id (cdrom and serial modes)."""
+    cdrom_mounted: bool | None = None
+    cdrom_read_only: bool | None = None
 
     @property
     def completed(self) -> bool:
@@ -101,7 +105,8 @@ def parse_console(console: str, result: GuestResult) -> None:
     for raw_line in console.splitlines():
         line = raw_line.strip("\r\n\x00 ")
         # Marker lines may follow other console output on the same line.
-        for marker in ("IMDINIT ", "IMDNET ", "IMDBEGIN ", "IMDEND ", "IMDDONE "):
+        for marker in ("IMDINIT ", "IMDNET ", "IMDBEGIN ", "IMDEND ", "IMDDONE ", "IMDID ",
+                       "IMDCDROM ", "IMDRO "):
             pos = line.find(marker)
             if pos > 0:
                 line = line[pos:]
@@ -129,6 +134,12 @@ def parse_console(console: str, result: GuestResult) -> None:
             current = None
         elif tag == "IMDDONE" and len(words) > 1:
             result.done_uptime = _float(words[1])
+        elif tag == "IMDID":
+            result.instance_id = words[1] if len(words) > 1 else ""
+        elif tag == "IMDCDROM" and len(words) > 1:
+            result.cdrom_mounted = words[1] == "ok"
+        elif tag == "IMDRO" and len(words) > 1:
+            result.cdrom_read_only = words[1] == "yes"
         elif current is not None and _BASE64_LINE.match(line):
             chunks.append(line)
 

@@ -1,7 +1,8 @@
 """Build the test guest: a Debian kernel plus a tiny busybox initramfs.
 
-The initramfs holds static busybox, the virtio network modules of the
-installed ``linux-image-amd64`` kernel and ``init.sh`` as ``/init``. It is
+The initramfs holds static busybox, the virtio network modules and the
+CD-ROM modules (IDE CD drive, ISO 9660) of the installed
+``linux-image-amd64`` kernel and ``init.sh`` as ``/init``. It is
 written to a cache directory keyed by a hash of every input, so it is built
 once per change of busybox, kernel or init script. Concurrent builders (other
 test processes) are safe: each writes a private temporary file and renames it
@@ -35,6 +36,8 @@ VIRTIO_NET_MODULES = (
     "virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev",
     "virtio_pci", "failover", "net_failover", "virtio_net",
 )
+# The CD-ROM QEMU's "-cdrom" attaches (PIIX IDE) and the ISO 9660 filesystem.
+CDROM_MODULES = ("scsi_common", "scsi_mod", "libata", "ata_piix", "cdrom", "sr_mod", "isofs")
 MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
 
 
@@ -145,7 +148,8 @@ def build_guest(cache_dir: Path | None = None) -> GuestImage:
     if not BUSYBOX.is_file():
         raise GuestBuildError("/bin/busybox missing; install busybox-static")
     kernel, version = _find_kernel()
-    modules = {name: _find_module(version, name) for name in VIRTIO_NET_MODULES}
+    modules = {name: _find_module(version, name)
+               for name in (*VIRTIO_NET_MODULES, *CDROM_MODULES)}
     init = INIT_SCRIPT.read_bytes()
     busybox = BUSYBOX.read_bytes()
     digest = hashlib.sha256()

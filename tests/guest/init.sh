@@ -3,7 +3,12 @@
 # metadata paths with a hand-written HTTP request over busybox nc, print every
 # raw response base64-encoded between markers on the serial console, power off.
 #
-# Kernel command line (all optional except imd.ip):
+# Kernel command line (all optional except imd.ip in http mode):
+#   imd.mode=http             http  : fetch imd.paths over the network (default)
+#                             cdrom : mount the CD-ROM (/dev/sr0, ISO 9660) and print
+#                                     the files imd.files=/a,/b of it
+#                             serial: send !!CODE# packets (imd.codes=REQUEST_METADATA,…)
+#                                     on imd.port_dev=/dev/ttyS1 and print each answer line
 #   imd.ip=10.0.0.2/24        address of eth0
 #   imd.gw=10.0.0.1           gateway for imd.route=default
 #   imd.route=onlink          onlink    : 169.254.169.254/32 dev eth0 (guest ARPs for it)
@@ -20,6 +25,10 @@
 #   IMDBEGIN <n> <METHOD> <path>  then base64 lines of the raw response, then
 #   IMDEND <n> <nc exit status>
 #   IMDDONE <uptime>
+#   (cdrom, serial) IMDBEGIN <n> FILE <path> | SERIAL <code>, the base64 lines of
+#   the file or of the answer line, IMDEND <n> <status>; and IMDID <instance-id>
+#   as the guest itself read it (meta_data.json "uuid", meta-data or the serial
+#   meta-data JSON "instance-id")
 # The kernel argument names use the "imd." prefix: the kernel keeps
 # dotted "module.param" words out of init's environment, so they are read
 # from /proc/cmdline, and "imd" names no kernel module.
@@ -35,19 +44,25 @@ mount -t devtmpfs devtmpfs /dev 2>/dev/null
 
 echo "IMDINIT $(cut -d' ' -f1 /proc/uptime)"
 
-for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci \
-         failover net_failover virtio_net; do
-  if [ -e "/lib/modules/$m.ko" ]; then
-    insmod "/lib/modules/$m.ko" || echo "IMDWARN insmod $m failed"
-  else
-    echo "IMDWARN module $m missing"
-  fi
-done
+load_modules() {
+  for m in "$@"; do
+    if [ -e "/lib/modules/$m.ko" ]; then
+      insmod "/lib/modules/$m.ko" || echo "IMDWARN insmod $m failed"
+    else
+      echo "IMDWARN module $m missing"
+    fi
+  done
+}
 
 ip=""; gw=""; route="onlink"; paths=""; token_ttl=""
 host="169.254.169.254"; port="80"; http="1.0"; wait_s="5"
+mode="http"; files=""; codes="REQUEST_METADATA"; port_dev="/dev/ttyS1"
 for word in $(cat /proc/cmdline); do
   case "$word" in
+    imd.mode=*) mode="${word#imd.mode=}" ;;
+    imd.files=*) files="${word#imd.files=}" ;;
+    imd.codes=*) codes="${word#imd.codes=}" ;;
+    imd.port_dev=*) port_dev="${word#imd.port_dev=}" ;;
     imd.ip=*) ip="${word#imd.ip=}" ;;
     imd.gw=*) gw="${word#imd.gw=}" ;;
     imd.route=*) route="${word#imd.route=}" ;;
@@ -68,6 +83,71 @@ finish() {
 
 # Kernel messages must not interleave with the base64 lines from here on.
 echo 1 > /proc/sys/kernel/printk
+
+seq_no=0
+
+# show N KIND WHAT FILE STATUS: print FILE base64-encoded between markers.
+show() {
+  echo "IMDBEGIN $1 $2 $3"
+  base64 "$4"
+  echo "IMDEND $1 $5"
+}
+
+if [ "$mode" = "cdrom" ]; then
+  load_modules scsi_common scsi_mod libata ata_piix cdrom sr_mod isofs
+  n=0
+  while [ ! -b /dev/sr0 ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+  mkdir -p /mnt
+  if ! mount -t iso9660 -o ro /dev/sr0 /mnt; then
+    echo "IMDCDROM fail mount"
+    finish
+  fi
+  echo "IMDCDROM ok"
+  if [ -f /mnt/openstack/latest/meta_data.json ]; then
+    echo "IMDID $(sed -n 's/^ *"uuid": "\([^"]*\)".*/\1/p' /mnt/openstack/latest/meta_data.json)"
+  elif [ -f /mnt/meta-data ]; then
+    echo "IMDID $(sed -n 's/^instance-id: *//p' /mnt/meta-data)"
+  fi
+  old_ifs="$IFS"; IFS=","
+  for f in $files; do
+    IFS="$old_ifs"
+    seq_no=$((seq_no + 1))
+    if [ -f "/mnt$f" ]; then show $seq_no FILE "$f" "/mnt$f" 0; else show $seq_no FILE "$f" /dev/null 1; fi
+    IFS=","
+  done
+  IFS="$old_ifs"
+  # Read-only: a write must fail.
+  if touch /mnt/probe 2>/dev/null; then echo "IMDRO no"; else echo "IMDRO yes"; fi
+  umount /mnt
+  finish
+fi
+
+if [ "$mode" = "serial" ]; then
+  stty -F "$port_dev" raw -echo 115200 || echo "IMDWARN stty $port_dev failed"
+  exec 4<>"$port_dev"
+  old_ifs="$IFS"; IFS=","
+  for c in $codes; do
+    IFS="$old_ifs"
+    seq_no=$((seq_no + 1))
+    printf '!!%s#\n' "$c" >&4
+    line=""
+    if read -r -t 20 line <&4; then rc=0; else rc=1; fi
+    printf '%s\n' "$line" | tr -d '\r' > /tmp/answer
+    show $seq_no SERIAL "$c" /tmp/answer $rc
+    case "$line" in
+      '!!RESPONSE_METADATA#'*)
+        printf '%s' "${line#!!RESPONSE_METADATA#}" | tr -d '\r' | base64 -d > /tmp/meta
+        echo "IMDID $(sed -n 's/^ *"instance-id": "\([^"]*\)".*/\1/p' /tmp/meta)" ;;
+    esac
+    IFS=","
+  done
+  IFS="$old_ifs"
+  exec 4>&-
+  finish
+fi
+
+load_modules virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci \
+  failover net_failover virtio_net
 
 # The NIC appears asynchronously after virtio_net binds; bounded wait (5 s).
 n=0
@@ -91,7 +171,6 @@ case "$route" in
 esac
 echo "IMDNET ok $(ip -o -4 addr show dev eth0 | awk '{print $4}') $(ip route | tr '\n' ';')"
 
-seq_no=0
 token=""
 
 # request METHOD PATH [EXTRA-HEADER]: one HTTP request, raw response printed.

@@ -5,6 +5,10 @@ a persistent tap made with ``ip tuntap add`` appears on netlink before QEMU
 starts, so a node daemon can bind it by name and have its datapath ready by
 the time the guest sends its first packet. QEMU only attaches to it.
 
+``tap=None`` boots a guest without any NIC (the config-drive and serial
+tests); ``qemu_args`` adds devices, e.g. ``cdrom_args(iso)`` or
+``serial_socket_args(path)`` (the guest's ttyS1).
+
 Two entry points with the same arguments and result:
 * ``boot_guest``: blocking, for tests whose servers run in other processes.
 * ``boot_guest_async``: for tests that run the server in the same event loop.
@@ -50,10 +54,25 @@ def kernel_args(cmdline_args: Mapping[str, CmdlineValue]) -> list[str]:
     return words
 
 
-def qemu_command(image: GuestImage, netns: str | None, tap: str, mac: str,
-                 cmdline_args: Mapping[str, CmdlineValue]) -> list[str]:
+def cdrom_args(iso: str) -> list[str]:
+    """The ISO as the guest's IDE CD-ROM (``/dev/sr0``), read-only."""
+    return ["-drive", f"file={iso},media=cdrom,readonly=on,if=ide,index=2,format=raw"]
+
+
+def serial_socket_args(path: str, chardev: str = "imdser") -> list[str]:
+    """The guest's second serial port (ttyS1) connected to the UNIX socket at ``path``
+    (QEMU is the client; it retries every second until the socket exists)."""
+    if "," in path:
+        raise GuestBootError(f"socket path {path!r} has a comma")
+    return ["-chardev", f"socket,id={chardev},path={path},reconnect=1",
+            "-device", f"isa-serial,chardev={chardev}"]
+
+
+def qemu_command(image: GuestImage, netns: str | None, tap: str | None, mac: str,
+                 cmdline_args: Mapping[str, CmdlineValue],
+                 qemu_args: Sequence[str] = ()) -> list[str]:
     mac = mac.lower()
-    if not _MAC.match(mac):
+    if tap is not None and not _MAC.match(mac):
         raise GuestBootError(f"bad MAC address {mac!r}")
     append = " ".join(["console=ttyS0", "panic=-1", "loglevel=4", "rdinit=/init",
                        *kernel_args(cmdline_args)])
@@ -62,9 +81,11 @@ def qemu_command(image: GuestImage, netns: str | None, tap: str, mac: str,
         "-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",
         "-serial", "stdio", "-no-reboot",
         "-kernel", str(image.kernel), "-initrd", str(image.initrd), "-append", append,
-        "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
-        "-device", f"virtio-net-pci,netdev=n0,mac={mac},romfile=",
     ]
+    if tap is not None:
+        cmd += ["-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
+                "-device", f"virtio-net-pci,netdev=n0,mac={mac},romfile="]
+    cmd += list(qemu_args)
     return ["ip", "netns", "exec", netns, *cmd] if netns else cmd
 
 
@@ -86,14 +107,15 @@ def _result(console: str, returncode: int | None, timed_out: bool,
     return result
 
 
-def boot_guest(netns: str | None, tap: str, mac: str,
+def boot_guest(netns: str | None, tap: str | None, mac: str,
                cmdline_args: Mapping[str, CmdlineValue], timeout: float = 60.0,
-               image: GuestImage | None = None) -> GuestResult:
+               image: GuestImage | None = None, qemu_args: Sequence[str] = ()) -> GuestResult:
     """Boot the guest on ``tap`` in ``netns``; return once it powers off or
     ``timeout`` seconds pass (then QEMU is killed and ``timed_out`` is set)."""
     image = image or build_guest()
-    _check_tap(netns, tap)
-    cmd = qemu_command(image, netns, tap, mac, cmdline_args)
+    if tap is not None:
+        _check_tap(netns, tap)
+    cmd = qemu_command(image, netns, tap, mac, cmdline_args, qemu_args)
     started = time.monotonic()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
@@ -112,13 +134,15 @@ def boot_guest(netns: str | None, tap: str, mac: str,
     return _result(out.decode("utf-8", "replace"), proc.returncode, timed_out, started)
 
 
-async def boot_guest_async(netns: str | None, tap: str, mac: str,
+async def boot_guest_async(netns: str | None, tap: str | None, mac: str,
                            cmdline_args: Mapping[str, CmdlineValue], timeout: float = 60.0,
-                           image: GuestImage | None = None) -> GuestResult:
+                           image: GuestImage | None = None,
+                           qemu_args: Sequence[str] = ()) -> GuestResult:
     """``boot_guest`` that leaves the event loop free while the guest runs."""
     built = image if image is not None else await asyncio.to_thread(build_guest)
-    await asyncio.to_thread(_check_tap, netns, tap)
-    cmd = qemu_command(built, netns, tap, mac, cmdline_args)
+    if tap is not None:
+        await asyncio.to_thread(_check_tap, netns, tap)
+    cmd = qemu_command(built, netns, tap, mac, cmdline_args, qemu_args)
     started = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
         *cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
