@@ -20,7 +20,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from ci_client import emit, environment, setup_logging, tempdir, userdata_parts  # noqa: E402
+from ci_client import emit, environment, setup_logging, tempdir, userdata_parts
 
 
 def configdrive(source: str) -> dict[str, Any]:

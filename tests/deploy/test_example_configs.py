@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from interceptor.backend.config import BackendConfig
+from interceptor.channels.serial_config import SerialConfig
 from interceptor.common.config import load
 from interceptor.node.config import NodeConfig
 
@@ -21,8 +22,10 @@ _KEY = re.compile(r"^([a-z_]+)\s*=")
 PLACEHOLDERS = {
     "node": {"node_name", "backend_url", "node_token", "signing_key"},
     "backend": {"admin_token", "signing_key", "node_tokens"},
+    "serial": set(),
 }
-CASES = [("node", NodeConfig, "node.toml"), ("backend", BackendConfig, "backend.toml")]
+CASES = [("node", NodeConfig, "node.toml"), ("backend", BackendConfig, "backend.toml"),
+         ("serial", SerialConfig, "serial.toml")]
 
 
 def _defaults(cls: type[Any]) -> dict[str, Any]:

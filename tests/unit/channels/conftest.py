@@ -1,0 +1,5 @@
+"""The renderer tests' documents (tests/data/doc_*.json) for the channel tests too."""
+
+from tests.unit.formats.conftest import any_doc, load_doc
+
+__all__ = ["any_doc", "load_doc"]
