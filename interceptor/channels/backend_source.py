@@ -44,14 +44,11 @@ class Documents(Invalidatable, Protocol):
 
 
 def serial_bindings(answer: Bindings) -> dict[str, SerialBinding]:
-    """The serial items of a node's bindings, by socket name (tap items skipped)."""
-    out: dict[str, SerialBinding] = {}
-    for item in answer.bindings:
-        name = getattr(item, "serial", None)
-        if isinstance(name, str) and valid_name(name):
-            out[name] = SerialBinding(name, item.instance_id, item.metadata_enabled,
-                                      int(getattr(item, "generation", 0) or 0))
-    return out
+    """The serial-socket bindings of a node's answer, by socket name (taps are the
+    node daemon's; a name that could not be a socket file is skipped)."""
+    return {item.name: SerialBinding(item.name, item.instance_id, item.metadata_enabled,
+                                     item.generation)
+            for item in answer.serial if valid_name(item.name)}
 
 
 class BackendSource:

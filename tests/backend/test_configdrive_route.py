@@ -27,7 +27,7 @@ async def _scene(api: Api) -> str:
                        json_body={"id": "img1", "name": "img", "visibility": "public"})
     assert r.status == 201, r.body
     user_data = base64.b64encode(b"#cloud-config\nhostname: vm1\n").decode()
-    await api.server("vm1", "c1", token=owner, node=None, image_id="img1",
+    await api.server("vm1", "c1", node=None, image_id="img1",
                      user_data=[{"name": "user", "content_type": "text/cloud-config",
                                  "data": user_data}],
                      files=[{"path": "/etc/motd", "data": base64.b64encode(b"hi\n").decode()}])

@@ -64,9 +64,9 @@ async def backend_api(tmp_path: Path) -> AsyncIterator[Api]:
 async def test_guest_reads_the_config_drive_the_backend_built(
         backend_api: Api, tmp_path: Path, fmt: str) -> None:
     api = backend_api
-    owner = await api.customer("c-cd")
+    await api.customer("c-cd")
     user_data = f"#cloud-config\n# drive {fmt}\n".encode()
-    await api.server("vm-cd", "c-cd", token=owner, node=None, user_data=[
+    await api.server("vm-cd", "c-cd", node=None, user_data=[
         {"name": "user", "content_type": "text/cloud-config",
          "data": base64.b64encode(user_data).decode()}])
     r = await api.call("PATCH", "/v1/servers/vm-cd/metadata/private", ADMIN,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 
 import pytest
 
@@ -11,30 +10,23 @@ from interceptor.channels.backend_source import BackendSource, serial_bindings
 from interceptor.channels.sources import NotBound, SerialBinding, SourceUnavailable
 from interceptor.node.backend_client import (
     BackendUnavailable,
+    Binding,
     Bindings,
     WatchResult,
 )
 from interceptor.node.backend_client import (
     NotBound as BackendNotBound,
 )
+from interceptor.node.backend_client import (
+    SerialBinding as ClientSerialBinding,
+)
 from interceptor.node.cache import CachedDocument
 from tests.channels.support import document
 
 
-@dataclass(frozen=True)
-class Item:
-    """A binding item as the node API returns it (a tap or a serial socket)."""
-
-    instance_id: str
-    metadata_enabled: bool
-    generation: int
-    ifname: str | None = None
-    serial: str | None = None
-
-
 class FakeClient:
     def __init__(self) -> None:
-        self.items: list[Item] = []
+        self.items: list[ClientSerialBinding] = []
         self.revision = 7
         self.error: Exception | None = None
         self.watches: asyncio.Queue[WatchResult] = asyncio.Queue()
@@ -42,7 +34,7 @@ class FakeClient:
     async def bindings(self) -> Bindings:
         if self.error is not None:
             raise self.error
-        return Bindings(self.revision, tuple(self.items))  # type: ignore[arg-type]
+        return Bindings(self.revision, (), tuple(self.items))
 
     async def watch(self, since: int, timeout: float) -> WatchResult:
         return await self.watches.get()
@@ -67,10 +59,10 @@ class FakeCache:
 
 
 def test_only_serial_items_with_valid_names_become_bindings() -> None:
-    answer = Bindings(3, (Item("i-1", True, 2, ifname="vnet3"),  # type: ignore[arg-type]
-                          Item("i-1", True, 4, serial="vm1"),
-                          Item("i-2", False, 1, serial="vm2"),
-                          Item("i-3", True, 1, serial="../x/y")))
+    answer = Bindings(3, (Binding("vnet3", "i-1", True, None, 2),),
+                      (ClientSerialBinding("vm1", "i-1", True, 4),
+                       ClientSerialBinding("vm2", "i-2", False, 1),
+                       ClientSerialBinding("../x/y", "i-3", True, 1)))
     assert serial_bindings(answer) == {
         "vm1": SerialBinding("vm1", "i-1", True, 4),
         "vm2": SerialBinding("vm2", "i-2", False, 1)}
@@ -78,7 +70,7 @@ def test_only_serial_items_with_valid_names_become_bindings() -> None:
 
 async def test_bindings_and_documents() -> None:
     client, cache = FakeClient(), FakeCache()
-    client.items = [Item("i-1", True, 1, serial="vm1")]
+    client.items = [ClientSerialBinding("vm1", "i-1", True, 1)]
     source = BackendSource(client, cache)
     bound = await source.bindings()
     assert source.revision == 7 and bound["vm1"].instance_id == "i-1"
