@@ -8,7 +8,8 @@ Identity is the endpoint, never what the guest writes:
   closed: a name that is not bound has **no socket** (a hypervisor that
   connects gets ``ENOENT`` and no byte); a socket disappears, and its
   connections are closed, as soon as its binding goes or changes (another
-  instance or generation). Sockets are created under a temporary name,
+  instance or generation). A VM whose metadata the platform disabled keeps
+  its socket and gets ``disabled`` error packets. Sockets are created under a temporary name,
   given ``socket_mode`` and renamed into place, so they never exist with
   wider permissions.
 * **TCP concentrator** (``tcp_host:tcp_port``, 13370 by default; only when
@@ -161,10 +162,14 @@ class SerialServer:
         async with self._lock:
             wanted = {n: b for n, b in bindings.items() if valid_name(n) and b.name == n}
             for name in list(self._endpoints):
-                if wanted.get(name) != self._endpoints[name].binding:
+                now = wanted.get(name)
+                if now is None or now.identity != self._endpoints[name].binding.identity:
                     await self._stop(name)
+                else:
+                    self._endpoints[name].binding = now
             for name, writers in list(self._tcp_writers.items()):
-                if name not in wanted or wanted[name] != self._bindings.get(name):
+                now, before = wanted.get(name), self._bindings.get(name)
+                if now is None or before is None or now.identity != before.identity:
                     for writer in writers:
                         writer.close()
             self._bindings = wanted
@@ -351,10 +356,11 @@ class SerialServer:
         if not self._packets.allow(binding.name):
             self.stats.rate_limited += 1
             return True
-        if self._bindings.get(binding.name) != binding:
+        current = self._bindings.get(binding.name)
+        if current is None or current.identity != binding.identity:
             return False
         try:
-            reply = await self._reply(binding, event)
+            reply = await self._reply(current, event)
         except NotBound:
             return False
         writer.write(reply)
@@ -381,7 +387,8 @@ class SerialServer:
         except SourceUnavailable as exc:
             log.info("serial %s: source unavailable: %s", binding.name, exc)
             reason = "unavailable"
-        if self._bindings.get(binding.name) != binding:
+        current = self._bindings.get(binding.name)
+        if current is None or current.identity != binding.identity:
             raise NotBound(binding.name)  # changed while the document was fetched
         if reason is not None:
             self.stats.errors += 1

@@ -8,8 +8,8 @@ implement it, and a site can plug in its own.
 A *binding* is the identity of one serial endpoint: the socket
 ``<socket_dir>/<name>.sock`` (or a concentrator that registers ``name``)
 belongs to one instance. An endpoint whose name is not bound gets nothing.
-Whenever a name's binding changes (another instance, a new generation), the
-server closes that name's connections, so an answer can only ever be built
+Whenever a name's binding identity changes (another instance, a new
+generation), the server closes that name's connections, so an answer can only ever be built
 from the document of the binding the connection was accepted under.
 """
 
@@ -32,6 +32,12 @@ class SerialBinding:
     instance_id: str
     metadata_enabled: bool = True
     generation: int = 0
+
+    @property
+    def identity(self) -> tuple[str, str, int]:
+        """Who the endpoint is: a change of it ends the name's connections (a change of
+        ``metadata_enabled`` does not: it only changes the answers)."""
+        return self.name, self.instance_id, self.generation
 
 
 class SourceError(Exception):

@@ -293,3 +293,19 @@ async def test_concentrator_needs_a_token(source: FakeSource, sockdir: Path) -> 
         raise AssertionError("the concentrator port opened without a token")
     finally:
         await srv.close()
+
+
+async def test_disabling_keeps_the_connection(server: SerialServer,
+                                              source: FakeSource) -> None:
+    source.bind("vm1", document("i-one"), generation=3)
+    await server.refresh()
+    client = await Client.unix(server.socket_path("vm1"))
+    assert (await client.request("REQUEST_METADATA"))[0] == "RESPONSE_METADATA"
+    source.bind("vm1", document("i-one"), generation=3, enabled=False)
+    await server.refresh()
+    code, data = await client.request("REQUEST_METADATA")
+    assert code == "ERROR" and json.loads(data)["error"] == "disabled"
+    source.bind("vm1", document("i-one"), generation=3)
+    await server.refresh()
+    assert (await client.request("REQUEST_METADATA"))[0] == "RESPONSE_METADATA"
+    await client.close()
