@@ -54,7 +54,7 @@ class SerialDaemon:
         async with contextlib.AsyncExitStack() as stack:
             source = await self._source(stack)
             server = SerialServer(source, self.cfg.socket_dir, limits=limits_of(self.cfg),
-                                  socket_mode=self.cfg.mode,
+                                  socket_mode=self.cfg.mode, socket_gid=self.cfg.gid,
                                   concentrator_token=self.cfg.concentrator_token)
             self.server = server
             stack.push_async_callback(server.close)

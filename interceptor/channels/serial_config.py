@@ -8,6 +8,7 @@ With ``driver = "backend"`` the daemon also reads the node's own options
 
 from __future__ import annotations
 
+import grp
 from dataclasses import dataclass
 
 from interceptor.common.config import opt
@@ -18,9 +19,11 @@ from interceptor.common.errors import ConfigError
 class SerialConfig:
     driver: str = opt("backend", "where metadata comes from: backend (node API) or file")
     directory: str | None = opt(None, "file driver: directory of <vm-name>.yaml files")
-    socket_dir: str = opt("/run/interceptor/serial",
+    socket_dir: str = opt("/run/interceptor-serial",
                           "one UNIX socket per bound VM: <socket_dir>/<name>.sock")
     socket_mode: str = opt("0660", "permissions of the sockets (octal)")
+    socket_group: str | None = opt(
+        None, "group of the sockets (name or id), e.g. the hypervisor's (libvirt-qemu)")
     tcp_host: str = opt("127.0.0.1", "address of the concentrator port")
     tcp_port: int = opt(13370, "concentrator port; 0 disables it")
     concentrator_token: str | None = opt(
@@ -48,6 +51,7 @@ class SerialConfig:
                 f"config: socket_mode must be octal, not {self.socket_mode!r}") from None
         if not 0 <= mode <= 0o777:
             raise ConfigError("config: socket_mode must be 0000..0777")
+        self.gid  # noqa: B018 - validates the group name
         if not 0 <= self.tcp_port < 65536:
             raise ConfigError("config: tcp_port must be 0..65535")
         if self.concentrator_token is not None and len(self.concentrator_token) < 16:
@@ -64,6 +68,18 @@ class SerialConfig:
     @property
     def mode(self) -> int:
         return int(self.socket_mode, 8)
+
+    @property
+    def gid(self) -> int | None:
+        """The socket group's id (ConfigError when no such group exists)."""
+        if self.socket_group is None:
+            return None
+        if self.socket_group.isdigit():
+            return int(self.socket_group)
+        try:
+            return grp.getgrnam(self.socket_group).gr_gid
+        except KeyError:
+            raise ConfigError(f"config: socket_group: no group {self.socket_group!r}") from None
 
     @property
     def tcp_enabled(self) -> bool:

@@ -10,7 +10,7 @@ Identity is the endpoint, never what the guest writes:
   connections are closed, as soon as its binding goes or changes (another
   instance or generation). A VM whose metadata the platform disabled keeps
   its socket and gets ``disabled`` error packets. Sockets are created under a temporary name,
-  given ``socket_mode`` and renamed into place, so they never exist with
+  given ``socket_mode`` (and ``socket_gid``) and renamed into place, so they never exist with
   wider permissions.
 * **TCP concentrator** (``tcp_host:tcp_port``, 13370 by default; only when
   a ``concentrator_token`` is configured) — a serial concentrator in the
@@ -123,11 +123,13 @@ class _Endpoint:
 class SerialServer:
     def __init__(self, source: SerialSource, socket_dir: str | Path, *,
                  limits: SessionLimits | None = None, socket_mode: int = 0o660,
+                 socket_gid: int | None = None,
                  concentrator_token: str | None = None) -> None:
         self._source = source
         self.socket_dir = Path(socket_dir)
         self.limits = limits or SessionLimits()
         self._mode = socket_mode
+        self._gid = socket_gid
         self._token = concentrator_token.encode() if concentrator_token else None
         self._bindings: dict[str, SerialBinding] = {}
         self._endpoints: dict[str, _Endpoint] = {}
@@ -194,6 +196,8 @@ class SerialServer:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.bind(str(temp))
+            if self._gid is not None:
+                os.chown(temp, -1, self._gid)
             os.chmod(temp, self._mode)
             os.replace(temp, endpoint.path)  # also replaces a stale socket of an earlier run
             endpoint.inode = os.stat(endpoint.path).st_ino

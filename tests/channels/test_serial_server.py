@@ -309,3 +309,15 @@ async def test_disabling_keeps_the_connection(server: SerialServer,
     await server.refresh()
     assert (await client.request("REQUEST_METADATA"))[0] == "RESPONSE_METADATA"
     await client.close()
+
+
+async def test_sockets_get_the_configured_group(source: FakeSource, sockdir: Path) -> None:
+    gid = sorted(os.getgroups() or [os.getegid()])[-1]
+    srv = SerialServer(source, sockdir, socket_mode=0o660, socket_gid=gid)
+    source.bind("vm1", document("i-one"))
+    try:
+        await srv.refresh()
+        st = os.stat(srv.socket_path("vm1"))
+        assert st.st_gid == gid and stat.S_IMODE(st.st_mode) == 0o660
+    finally:
+        await srv.close()

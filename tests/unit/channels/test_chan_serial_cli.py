@@ -26,6 +26,8 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
      "concentrator_token"),
     (("--driver", "file", "--directory", "/x", "--packet-rate", "zero"), "packet_rate"),
     (("--driver", "backend",), "missing required option"),
+    (("--driver", "file", "--directory", "/x", "--socket-group", "no-such-group-4c1"),
+     "socket_group"),
 ])
 def test_bad_options_are_one_line_and_exit_2(args: tuple[str, ...], message: str) -> None:
     r = run(*args)
@@ -42,6 +44,7 @@ def test_backend_driver_reads_the_node_section(tmp_path: Path) -> None:
                     + "c" * 16 + '"\n')
     cfg, node = load(["--config", str(path), "--tcp-port", "0"])
     assert cfg.driver == "backend" and cfg.socket_dir == "/run/x" and not cfg.tcp_enabled
+    assert cfg.gid is None and cfg.mode == 0o660
     assert node is not None and node.node_name == "node-a"
 
 
