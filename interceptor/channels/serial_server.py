@@ -302,12 +302,13 @@ class SerialServer:
             registered = await self._registration(reader)
         finally:
             self._pending -= 1
-        writers = self._tcp_writers.setdefault(registered[0], set()) if registered else None
-        if registered is None or writers is None or len(writers) >= self.limits.max_connections:
+        if registered is None or len(self._tcp_writers.get(registered[0], ())) >= (
+                self.limits.max_connections):
             self.stats.refused_connections += 1
             writer.close()
             return
         name, rest = registered
+        writers = self._tcp_writers.setdefault(name, set())
         writers.add(writer)
         try:
             await self._session(self._bindings[name], reader, writer, rest)
