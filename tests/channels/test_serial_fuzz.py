@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -58,7 +59,8 @@ async def _run(streams: dict[str, bytes]) -> dict[str, bytes]:
         shutil.rmtree(sockdir, ignore_errors=True)
 
 
-@settings(max_examples=150, deadline=None,
+@pytest.mark.timeout(120)  # bounded in CI: a fixed number of examples, a hard cap
+@settings(max_examples=150, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(first=_STREAM, second=_STREAM)
 def test_fuzz_two_vms_get_only_their_own_answers(first: bytes, second: bytes) -> None:

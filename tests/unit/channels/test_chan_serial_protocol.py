@@ -6,6 +6,7 @@ import base64
 import itertools
 import json
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -90,7 +91,9 @@ _TOKENS = st.sampled_from([b"!!", b"#", b"\n", b"\r", b"<", b">", b"\x00", b"REQ
 _STREAM = st.lists(st.one_of(st.binary(max_size=64), _TOKENS), max_size=80).map(b"".join)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.timeout(60)  # bounded in CI: a fixed number of examples, a hard cap
+@settings(max_examples=400, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(stream=_STREAM, cuts=st.lists(st.integers(min_value=0, max_value=4000), max_size=8))
 def test_fuzz_parser_never_crashes_and_stays_bounded(stream: bytes, cuts: list[int]) -> None:
     parser = StreamParser(max_line=128)
@@ -109,7 +112,8 @@ def test_fuzz_parser_never_crashes_and_stays_bounded(stream: bytes, cuts: list[i
             assert isinstance(event, CepkoRequest) and len(event.key) <= 128
 
 
-@settings(max_examples=200, deadline=None)
+@pytest.mark.timeout(60)  # bounded in CI: a fixed number of examples, a hard cap
+@settings(max_examples=200, deadline=None, database=None)
 @given(stream=_STREAM)
 def test_fuzz_answers_only_carry_the_vms_own_data(stream: bytes) -> None:
     mine, other = document("i-mine-4c1f"), document("i-other-9e2b")
