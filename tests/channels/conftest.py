@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import tests.helpers.hypothesis_home  # noqa: F401 - caches out of the work tree
 from interceptor.channels.serial_server import SerialServer, SessionLimits
 from tests.channels.support import FakeSource
 
