@@ -5,13 +5,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from pathlib import Path
 
 from interceptor.channels.serial_config import SerialConfig
 from interceptor.channels.serial_server import SerialServer, SessionLimits
 from interceptor.channels.sources import SerialSource
+from interceptor.common.errors import ConfigError, InterceptorError
 from interceptor.node.config import NodeConfig
 
 log = logging.getLogger(__name__)
+
+
+def prepare_socket_dir(cfg: SerialConfig) -> None:
+    """Create the socket directory before serving (ConfigError when it cannot be)."""
+    try:
+        Path(cfg.socket_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"config: socket_dir {cfg.socket_dir}: {exc.strerror}") from None
 
 
 def limits_of(cfg: SerialConfig) -> SessionLimits:
@@ -59,7 +69,13 @@ class SerialDaemon:
             self.server = server
             stack.push_async_callback(server.close)
             if self.cfg.tcp_enabled:
-                self.tcp_port = await server.start_tcp(self.cfg.tcp_host, self.cfg.tcp_port)
+                try:
+                    self.tcp_port = await server.start_tcp(self.cfg.tcp_host,
+                                                           self.cfg.tcp_port)
+                except OSError as exc:
+                    raise InterceptorError(
+                        f"cannot listen on {self.cfg.tcp_host}:{self.cfg.tcp_port}: "
+                        f"{exc.strerror or exc}") from None
             elif self.cfg.tcp_port:
                 log.info("serial: no concentrator_token, the concentrator port stays closed")
             await server.refresh()  # a source that is down now: the feed resyncs later

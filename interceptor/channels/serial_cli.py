@@ -37,8 +37,11 @@ def load(argv: list[str]) -> tuple[SerialConfig, NodeConfig | None]:
 
 
 def main(argv: list[str]) -> int:
+    from interceptor.channels.serial_app import prepare_socket_dir
+
     cfg, node = load(argv)
     setup_logging(cfg.log_format, cfg.log_level)
+    prepare_socket_dir(cfg)
     return asyncio.run(_serve(cfg, node))
 
 

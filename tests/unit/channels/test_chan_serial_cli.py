@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -51,3 +56,47 @@ def test_backend_driver_reads_the_node_section(tmp_path: Path) -> None:
 def test_help() -> None:
     r = run("--help")
     assert r.returncode == 0 and "--socket-dir" in r.stdout
+
+
+def test_unusable_socket_dir_and_busy_port_are_one_line(tmp_path: Path) -> None:
+    files = tmp_path / "vms"
+    files.mkdir()
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    r = run("--driver", "file", "--directory", str(files), "--socket-dir",
+            str(blocker / "sock"))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "socket_dir" in r.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = run("--driver", "file", "--directory", str(files), "--socket-dir",
+                str(tmp_path / "s"), "--tcp-port", str(port),
+                "--concentrator-token", "c" * 20)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert f"127.0.0.1:{port}" in r.stderr and not (tmp_path / "s" / "x.sock").exists()
+
+
+def test_sigterm_removes_every_socket(tmp_path: Path) -> None:
+    files, sockets = tmp_path / "vms", Path(tempfile.mkdtemp(prefix="sercli-", dir="/tmp"))
+    files.mkdir()
+    (files / "vm1.yaml").write_text("metadata: {instance-id: i-1}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "interceptor", "serial", "--driver", "file",
+                             "--directory", str(files), "--socket-dir", str(sockets)],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not (sockets / "vm1.sock").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        assert list(sockets.iterdir()) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        if proc.stderr is not None:
+            proc.stderr.close()
+        shutil.rmtree(sockets, ignore_errors=True)
