@@ -78,6 +78,21 @@ class SerialDaemon:
                         f"{exc.strerror or exc}") from None
             elif self.cfg.tcp_port:
                 log.info("serial: no concentrator_token, the concentrator port stays closed")
+            if self.cfg.operator_port:
+                from aiohttp import web
+
+                from interceptor.channels.serial_operator import operator_app
+
+                runner = web.AppRunner(operator_app(server), access_log=None)
+                await runner.setup()
+                stack.push_async_callback(runner.cleanup)
+                try:
+                    await web.TCPSite(runner, self.cfg.operator_host,
+                                      self.cfg.operator_port).start()
+                except OSError as exc:
+                    raise InterceptorError(
+                        f"cannot listen on {self.cfg.operator_host}:{self.cfg.operator_port}"
+                        f": {exc.strerror or exc}") from None
             await server.refresh()  # a source that is down now: the feed resyncs later
 
             async def on_change() -> None:

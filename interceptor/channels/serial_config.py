@@ -36,6 +36,8 @@ class SerialConfig:
     write_timeout: float = opt(30.0, "seconds a guest has to read an answer")
     max_connections: int = opt(4, "connections per VM endpoint")
     poll_interval: float = opt(2.0, "file driver: seconds between directory scans")
+    operator_host: str = opt("127.0.0.1", "operator listener (metrics, health)")
+    operator_port: int = opt(9102, "operator listener port; 0 disables")
     log_format: str = opt("text", "text or json")
     log_level: str = opt("info", "debug, info, warning, error")
 
@@ -52,8 +54,9 @@ class SerialConfig:
         if not 0 <= mode <= 0o777:
             raise ConfigError("config: socket_mode must be 0000..0777")
         self.gid  # noqa: B018 - validates the group name
-        if not 0 <= self.tcp_port < 65536:
-            raise ConfigError("config: tcp_port must be 0..65535")
+        for name in ("tcp_port", "operator_port"):
+            if not 0 <= getattr(self, name) < 65536:
+                raise ConfigError(f"config: {name} must be 0..65535")
         if self.concentrator_token is not None and len(self.concentrator_token) < 16:
             raise ConfigError("config: concentrator_token must be at least 16 characters")
         if self.max_line < 64 or self.max_connections < 1 or self.packet_burst < 1:

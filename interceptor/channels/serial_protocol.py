@@ -185,14 +185,19 @@ REQUESTS: dict[str, tuple[str, Callable[[InstanceDocument], bytes | None]]] = {
 }
 
 
-def refusal(packet: Packet) -> bytes | None:
-    """The error answer a packet gets whatever the document says, or None if it
-    needs the document (lets the server answer without a source lookup)."""
+def refusal_reason(packet: Packet) -> str | None:
+    """Why a packet is refused whatever the document says (None: it needs the
+    document), so the server can answer without a source lookup."""
     if packet.code not in REQUESTS:
-        return error_packet("unknown-code", packet.code)
+        return "unknown-code"
     if packet.data is None:
-        return error_packet("malformed", packet.code)
+        return "malformed"
     return None
+
+
+def refusal(packet: Packet) -> bytes | None:
+    reason = refusal_reason(packet)
+    return None if reason is None else error_packet(reason, packet.code)
 
 
 def answer(packet: Packet, doc: InstanceDocument) -> bytes:

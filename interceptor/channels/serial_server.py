@@ -80,7 +80,8 @@ class SessionLimits:
 
 @dataclass
 class SerialStats:
-    """Counters since start (the daemon logs them; tests read them)."""
+    """Counters since start, exported by ``serial_operator`` (no per-VM labels:
+    names come and go, the label set must stay bounded)."""
 
     answers: int = 0
     errors: int = 0
@@ -89,7 +90,15 @@ class SerialStats:
     half_sent: int = 0
     rate_limited: int = 0
     refused_connections: int = 0
-    per_name_answers: dict[str, int] = field(default_factory=dict)
+    answers_by_request: dict[str, int] = field(default_factory=dict)
+    """``REQUEST_METADATA`` … or ``cloudsigma`` → answers."""
+    errors_by_reason: dict[str, int] = field(default_factory=dict)
+    source_up: bool = False
+    """The last read of the bindings succeeded."""
+
+    def count_error(self, reason: str) -> None:
+        self.errors += 1
+        self.errors_by_reason[reason] = self.errors_by_reason.get(reason, 0) + 1
 
 
 class _ByteBudget:
@@ -156,9 +165,21 @@ class SerialServer:
             bindings = dict(await self._source.bindings())
         except SourceUnavailable as exc:
             log.warning("serial bindings: source unavailable (%s); keeping the last known", exc)
+            self.stats.source_up = False
             return False
+        self.stats.source_up = True
         await self.apply(bindings)
         return True
+
+    @property
+    def served(self) -> int:
+        """Sockets listening now."""
+        return len(self._endpoints)
+
+    @property
+    def open_connections(self) -> int:
+        return (sum(len(e.writers) for e in self._endpoints.values())
+                + sum(len(w) for w in self._tcp_writers.values()))
 
     async def apply(self, bindings: Mapping[str, SerialBinding]) -> None:
         async with self._lock:
@@ -183,7 +204,6 @@ class SerialServer:
                 if name not in wanted:
                     del self._budgets[name]
                     self._packets.forget(name)
-                    self.stats.per_name_answers.pop(name, None)
 
     async def _start(self, binding: SerialBinding) -> None:
         endpoint = _Endpoint(binding, self.socket_path(binding.name))
@@ -378,10 +398,10 @@ class SerialServer:
 
     async def _reply(self, binding: SerialBinding, event: Event) -> bytes:
         if isinstance(event, Packet):
-            refused = serial_protocol.refusal(event)
+            refused = serial_protocol.refusal_reason(event)
             if refused is not None:
-                self.stats.errors += 1
-                return refused
+                self.stats.count_error(refused)
+                return serial_protocol.error_packet(refused, event.code)
         reason = None
         try:
             doc = await self._source.document(binding)
@@ -396,13 +416,17 @@ class SerialServer:
         if current is None or current.identity != binding.identity:
             raise NotBound(binding.name)  # changed while the document was fetched
         if reason is not None:
-            self.stats.errors += 1
+            self.stats.count_error(reason)
             if isinstance(event, CepkoRequest):
                 return cloudsigma.error_answer(reason)
             return serial_protocol.error_packet(reason, event.code)
-        self.stats.answers += 1
-        self.stats.per_name_answers[binding.name] = (
-            self.stats.per_name_answers.get(binding.name, 0) + 1)
         if isinstance(event, CepkoRequest):
-            return cloudsigma.answer(event.key, doc)
-        return serial_protocol.answer(event, doc)
+            kind, reply = "cloudsigma", cloudsigma.answer(event.key, doc)
+        else:
+            kind, reply = event.code, serial_protocol.answer(event, doc)
+            if reply.startswith(b"!!" + serial_protocol.ERROR.encode() + b"#"):
+                self.stats.count_error("not-found")
+                return reply
+        self.stats.answers += 1
+        self.stats.answers_by_request[kind] = self.stats.answers_by_request.get(kind, 0) + 1
+        return reply

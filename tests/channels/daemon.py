@@ -46,8 +46,10 @@ def serial_daemon(socket_dir: Path, log: Path, *args: str,
     environ = {k: v for k, v in os.environ.items() if not k.startswith("INTERCEPTOR_")}
     environ.update(env or {})
     out = log.open("ab")
+    # No operator port unless the test asks: tests of other helpers run at the same time.
+    operator = [] if "--operator-port" in args else ["--operator-port", "0"]
     proc = subprocess.Popen([sys.executable, "-m", "interceptor", "serial",
-                             "--socket-dir", str(socket_dir), *args],
+                             "--socket-dir", str(socket_dir), *operator, *args],
                             cwd=REPO, env=environ, stdout=out, stderr=out)
     out.close()
     daemon = SerialProcess(proc, socket_dir, log)

@@ -27,6 +27,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     (("--driver", "file"), "directory is required"),
     (("--driver", "file", "--directory", "/x", "--socket-mode", "9"), "socket_mode"),
     (("--driver", "file", "--directory", "/x", "--tcp-port", "70000"), "tcp_port"),
+    (("--driver", "file", "--directory", "/x", "--operator-port", "-1"), "operator_port"),
     (("--driver", "file", "--directory", "/x", "--concentrator-token", "short"),
      "concentrator_token"),
     (("--driver", "file", "--directory", "/x", "--packet-rate", "zero"), "packet_rate"),
@@ -72,7 +73,7 @@ def test_unusable_socket_dir_and_busy_port_are_one_line(tmp_path: Path) -> None:
         busy.listen()
         port = busy.getsockname()[1]
         r = run("--driver", "file", "--directory", str(files), "--socket-dir",
-                str(tmp_path / "s"), "--tcp-port", str(port),
+                str(tmp_path / "s"), "--tcp-port", str(port), "--operator-port", "0",
                 "--concentrator-token", "c" * 20)
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert f"127.0.0.1:{port}" in r.stderr and not (tmp_path / "s" / "x.sock").exists()
@@ -83,7 +84,8 @@ def test_sigterm_removes_every_socket(tmp_path: Path) -> None:
     files.mkdir()
     (files / "vm1.yaml").write_text("metadata: {instance-id: i-1}\n")
     proc = subprocess.Popen([sys.executable, "-m", "interceptor", "serial", "--driver", "file",
-                             "--directory", str(files), "--socket-dir", str(sockets)],
+                             "--directory", str(files), "--socket-dir", str(sockets),
+                             "--operator-port", "0"],
                             stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 20
