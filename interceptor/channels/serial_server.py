@@ -155,10 +155,6 @@ class SerialServer:
     def socket_path(self, name: str) -> Path:
         return self.socket_dir / (name + SOCKET_SUFFIX)
 
-    @property
-    def bound(self) -> Mapping[str, SerialBinding]:
-        return dict(self._bindings)
-
     async def refresh(self) -> bool:
         """Re-read the bindings and apply them; False (last known kept) if the source failed."""
         try:
