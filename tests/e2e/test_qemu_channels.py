@@ -5,7 +5,8 @@
   instance id and user-data from it — both formats.
 * Two guests whose second serial port (ttyS1) is a UNIX socket of a real
   ``interceptor serial --driver file`` process ask ``!!REQUEST_METADATA#``
-  at the same time; each prints its own instance id.
+  (and the other codes, and CloudSigma requests in Cepko's framing) at the
+  same time; each prints its own instance id.
 * A guest reaches the daemon through a concentrator on the TCP port (the
   concentrator registers the VM's name, then relays the guest's bytes).
 
@@ -27,7 +28,13 @@ import pytest
 from interceptor import ctl
 from tests.backend.support import ADMIN, Api, free_port, start_backend, stop_backend
 from tests.channels.daemon import SerialProcess, serial_daemon
-from tests.guest import boot_guest, boot_guest_async, cdrom_args, serial_socket_args
+from tests.guest import (
+    GuestResult,
+    boot_guest,
+    boot_guest_async,
+    cdrom_args,
+    serial_socket_args,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.qemu, pytest.mark.slow]
 
@@ -111,17 +118,23 @@ def file_daemon(shortdir: Path, tcp_port: int) -> Iterator[SerialProcess]:
         yield daemon
 
 
-def _serial_answers(result: object) -> dict[str, bytes]:
+def _serial_answers(result: GuestResult) -> dict[str, bytes]:
+    """Each answer line the guest printed: packets with their data decoded,
+    CloudSigma answers (one JSON line) as they came."""
     out = {}
-    for r in result.responses:  # type: ignore[attr-defined]
+    for r in result.responses:
         line = r.raw.strip()
-        code, _, data = line.partition(b"#")
-        out[r.path] = code + b"#" + base64.b64decode(data)
+        if line.startswith(b"!!"):
+            code, _, data = line.partition(b"#")
+            out[r.path] = code + b"#" + base64.b64decode(data)
+        else:
+            out[r.path] = line
     return out
 
 
 async def test_two_guests_on_two_serial_sockets_at_once(file_daemon: SerialProcess) -> None:
-    codes = ["REQUEST_METADATA", "REQUEST_USERDATA", "REQUEST_NOTHING"]
+    codes = ["REQUEST_METADATA", "REQUEST_USERDATA", "REQUEST_NOTHING", "CLOUDSIGMA/uuid",
+             "CLOUDSIGMA/meta/ssh_public_key"]
     results = await asyncio.gather(*(
         boot_guest_async(None, None, "", {"mode": "serial", "codes": codes}, 120,
                          qemu_args=serial_socket_args(str(file_daemon.socket(name))))
@@ -137,6 +150,10 @@ async def test_two_guests_on_two_serial_sockets_at_once(file_daemon: SerialProce
         assert answers["REQUEST_USERDATA"] == b"!!RESPONSE_USERDATA#" + user.encode()
         assert json.loads(answers["REQUEST_NOTHING"].removeprefix(b"!!ERROR#")) == {
             "error": "unknown-code", "request": "REQUEST_NOTHING"}
+        # CloudSigma's framing through the guest's UART, as Cepko sends it.
+        assert json.loads(answers["CLOUDSIGMA/uuid"]) == iid
+        assert json.loads(answers["CLOUDSIGMA/meta/ssh_public_key"]) == (
+            f"ssh-ed25519 AAAA {name}")
         other = next(i for n, (i, _) in VMS.items() if n != name and n != "vm-c")
         assert other not in result.console
 

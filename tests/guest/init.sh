@@ -8,7 +8,9 @@
 #                             cdrom : mount the CD-ROM (/dev/sr0, ISO 9660) and print
 #                                     the files imd.files=/a,/b of it
 #                             serial: send !!CODE# packets (imd.codes=REQUEST_METADATA,…)
-#                                     on imd.port_dev=/dev/ttyS1 and print each answer line
+#                                     on imd.port_dev=/dev/ttyS1 and print each answer line;
+#                                     a code CLOUDSIGMA/KEY sends the CloudSigma request
+#                                     "<\n/KEY\n>" instead (CLOUDSIGMA alone: the whole context)
 #   imd.ip=10.0.0.2/24        address of eth0
 #   imd.gw=10.0.0.1           gateway for imd.route=default
 #   imd.route=onlink          onlink    : 169.254.169.254/32 dev eth0 (guest ARPs for it)
@@ -129,7 +131,11 @@ if [ "$mode" = "serial" ]; then
   for c in $codes; do
     IFS="$old_ifs"
     seq_no=$((seq_no + 1))
-    printf '!!%s#\n' "$c" >&4
+    case "$c" in
+      # CloudSigma's framing (what cloud-init's Cepko writes): "<\n/KEY\n>".
+      CLOUDSIGMA*) printf '<\n%s\n>' "${c#CLOUDSIGMA}" >&4 ;;
+      *) printf '!!%s#\n' "$c" >&4 ;;
+    esac
     line=""
     if read -r -t 20 line <&4; then rc=0; else rc=1; fi
     printf '%s\n' "$line" | tr -d '\r' > /tmp/answer
