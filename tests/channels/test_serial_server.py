@@ -321,3 +321,28 @@ async def test_sockets_get_the_configured_group(source: FakeSource, sockdir: Pat
         assert st.st_gid == gid and stat.S_IMODE(st.st_mode) == 0o660
     finally:
         await srv.close()
+
+
+async def test_idle_concentrator_connections_are_bounded_and_timed_out(
+        source: FakeSource, sockdir: Path) -> None:
+    srv = SerialServer(source, sockdir, concentrator_token=TOKEN, limits=SessionLimits(
+        max_pending_registrations=3, registration_timeout=0.5))
+    source.bind("vm1", document("i-one"))
+    await srv.refresh()
+    try:
+        port = await srv.start_tcp("127.0.0.1", 0)
+        idle = [await Client.tcp(port) for _ in range(3)]
+        await asyncio.sleep(0.1)
+        extra = await Client.tcp(port)
+        assert await extra.closed_without_data(timeout=0.3)  # refused at once
+        started = time.monotonic()
+        for c in idle:
+            assert await c.closed_without_data(timeout=3)
+        assert time.monotonic() - started < 2.0
+        # Capacity is back: a concentrator registers and is served.
+        ok = await Client.tcp(port, f"REGISTER vm1 {TOKEN}\n".encode())
+        assert (await ok.request("REQUEST_METADATA"))[0] == "RESPONSE_METADATA"
+        for c in [*idle, extra, ok]:
+            await c.close()
+    finally:
+        await srv.close()
