@@ -23,6 +23,12 @@ token); a customer creating a server gets an id chosen by the backend.
     interceptor ctl meta set server vm1 public role=web size=3 [--json]
     interceptor ctl meta get server vm1 public
     interceptor ctl configdrive vm1 -o vm1.iso [--format openstack|nocloud]   (admin)
+    interceptor ctl keypair create c1 alice ~/.ssh/id_ed25519.pub | list c1 | delete c1 alice
+    interceptor ctl server create … --key-name alice [--key-name bob]
+    interceptor ctl server guest-data vm1 [--wait [--last-etag E] [--timeout 60]]
+    interceptor ctl server set-guest-data vm1 answer=42 [gone=]   (empty value deletes)
+    interceptor ctl image set-user-data img1 FILE --part mirror [--content-type T]
+    interceptor ctl image final-keys img1 [KEY …]          (no keys: show them)
 """
 
 from __future__ import annotations
@@ -61,12 +67,14 @@ class Client:
         self.token = token
 
     def request(self, method: str, path: str, body: Any = None,
-                headers: dict[str, str] | None = None) -> tuple[Any, dict[str, str]]:
-        raw, resp_headers = self.fetch(method, path, body, headers)
+                headers: dict[str, str] | None = None,
+                timeout: float = TIMEOUT) -> tuple[Any, dict[str, str]]:
+        raw, resp_headers = self.fetch(method, path, body, headers, timeout)
         return (json.loads(raw) if raw else None), resp_headers
 
     def fetch(self, method: str, path: str, body: Any = None,
-              headers: dict[str, str] | None = None) -> tuple[bytes, dict[str, str]]:
+              headers: dict[str, str] | None = None,
+              timeout: float = TIMEOUT) -> tuple[bytes, dict[str, str]]:
         """The raw response body and headers (HttpFailure on any error)."""
         hdrs = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
         hdrs.update(headers or {})
@@ -77,7 +85,7 @@ class Client:
         req = urllib.request.Request(self.url + path, data=data, method=method,  # noqa: S310
                                      headers=hdrs)
         try:
-            with urllib.request.urlopen(req, timeout=TIMEOUT) as resp:  # noqa: S310
+            with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
                 return resp.read(), dict(resp.headers)
         except urllib.error.HTTPError as exc:
             raw = exc.read()
@@ -130,6 +138,8 @@ def _server_cmd(c: Client, a: argparse.Namespace) -> Any:
         body: dict[str, Any] = {"customer_id": a.customer, "hostname": a.hostname}
         if a.image:
             body["image_id"] = a.image
+        if a.key_name:
+            body["key_names"] = list(a.key_name)
         if a.id is None:
             return c.request("POST", "/v1/servers", body)[0]
         return c.request("PUT", f"/v1/servers/{_q(a.id)}", body, {"If-None-Match": "*"})[0]
@@ -182,6 +192,17 @@ def _server_cmd(c: Client, a: argparse.Namespace) -> Any:
         else:
             c.request("DELETE", _binding_path(path, a))
         return c.request("GET", path + "/bindings")[0]
+    if a.action == "guest-data":
+        query = ""
+        if a.wait:
+            query = "?" + urllib.parse.urlencode(
+                {"wait_for_change": "true", "timeout_sec": str(a.timeout),
+                 **({"last_etag": a.last_etag} if a.last_etag else {})})
+        return c.request("GET", path + "/guest-data" + query,
+                         timeout=TIMEOUT + (a.timeout if a.wait else 0))[0]
+    if a.action == "set-guest-data":
+        return c.request("PATCH", path + "/guest-data",
+                         {k: (v or None) for k, v in _pairs(a.pairs, "guest data")})[0]
     if a.action == "password":
         if a.clear:
             c.request("DELETE", path + "/password")
@@ -246,7 +267,35 @@ def _customer_cmd(c: Client, a: argparse.Namespace) -> Any:
     return c.request("GET", "/v1/customers?limit=1000")[0]
 
 
+def _keypair_cmd(c: Client, a: argparse.Namespace) -> Any:
+    path = f"/v1/customers/{urllib.parse.quote(a.customer, safe='')}/keypairs"
+    if a.action == "create":
+        key = (sys.stdin.buffer.read() if a.file == "-" else _read(a.file)).decode(
+            errors="replace").strip()
+        return c.request("POST", path, {"name": a.name, "public_key": key})[0]
+    if a.action == "list":
+        return c.request("GET", path)[0]
+    name = urllib.parse.quote(a.name, safe="")
+    if a.action == "get":
+        return c.request("GET", f"{path}/{name}")[0]
+    c.request("DELETE", f"{path}/{name}")
+    return {"deleted": a.name}
+
+
 def _image_cmd(c: Client, a: argparse.Namespace) -> Any:
+    if a.action == "set-user-data":
+        path = f"/v1/images/{urllib.parse.quote(a.id, safe='')}/user-data"
+        data = sys.stdin.buffer.read() if a.file == "-" else _read(a.file)
+        part = {"name": a.part, "content_type": a.content_type or _content_type(data),
+                "data": base64.b64encode(data).decode()}
+        current = c.request("GET", path)[0]["user_data"]
+        parts = [p for p in current if p["name"] != a.part]
+        return c.request("PUT", path, {"user_data": [*parts, part]})[0]
+    if a.action == "final-keys":
+        path = f"/v1/images/{urllib.parse.quote(a.id, safe='')}/final-keys"
+        if not a.keys:
+            return c.request("GET", path)[0]
+        return c.request("PUT", path, {"restricted": list(a.keys)})[0]
     if a.action == "create":
         body = {k: v for k, v in (("id", a.id), ("name", a.name), ("owner", a.owner),
                                   ("visibility", a.visibility)) if v}
@@ -300,6 +349,26 @@ def _parser() -> argparse.ArgumentParser:
     ic.add_argument("--visibility", choices=("public", "private"))
     img.add_parser("get").add_argument("id")
     img.add_parser("list")
+    iu = img.add_parser("set-user-data", help="set one named part of the image's user-data")
+    iu.add_argument("id")
+    iu.add_argument("file", metavar="FILE|-")
+    iu.add_argument("--part", required=True)
+    iu.add_argument("--content-type")
+    fk = img.add_parser("final-keys", help="restricted keys servers cannot override")
+    fk.add_argument("id")
+    fk.add_argument("keys", nargs="*", metavar="KEY")
+
+    kp = top.add_parser("keypair", help="keypairs").add_subparsers(dest="action",
+                                                                   required=True)
+    kc = kp.add_parser("create")
+    kc.add_argument("customer")
+    kc.add_argument("name")
+    kc.add_argument("file", metavar="PUBKEY_FILE|-")
+    kp.add_parser("list").add_argument("customer")
+    for name in ("get", "delete"):
+        k = kp.add_parser(name)
+        k.add_argument("customer")
+        k.add_argument("name")
 
     srv = top.add_parser("server", help="servers").add_subparsers(dest="action", required=True)
     sc = srv.add_parser("create")
@@ -307,6 +376,15 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--customer", required=True)
     sc.add_argument("--hostname", required=True)
     sc.add_argument("--image")
+    sc.add_argument("--key-name", action="append", help="a keypair of the customer")
+    gd = srv.add_parser("guest-data", help="read what the guest wrote")
+    gd.add_argument("id")
+    gd.add_argument("--wait", action="store_true", help="long-poll until it changes")
+    gd.add_argument("--last-etag")
+    gd.add_argument("--timeout", type=float, default=60.0)
+    sg = srv.add_parser("set-guest-data")
+    sg.add_argument("id")
+    sg.add_argument("pairs", nargs="+", metavar="KEY=VALUE")
     for name in ("get", "delete", "enable", "disable", "start", "document", "bindings"):
         srv.add_parser(name).add_argument("id")
     st = srv.add_parser("stop")
@@ -369,7 +447,8 @@ def main(argv: list[str]) -> int:
         print("interceptor ctl: no token (--token or INTERCEPTOR_TOKEN)", file=sys.stderr)
         return 2
     handlers = {"server": _server_cmd, "meta": _meta_cmd, "customer": _customer_cmd,
-                "image": _image_cmd, "configdrive": _configdrive_cmd}
+                "image": _image_cmd, "configdrive": _configdrive_cmd,
+                "keypair": _keypair_cmd}
     try:
         client = Client(args.url, args.token)
         result = handlers[args.group](client, args)

@@ -15,7 +15,16 @@ from typing import Any
 
 from aiohttp import web
 
-from interceptor.backend import routes_bindings, routes_configdrive, routes_nodes, routes_owner
+from interceptor.backend import (
+    routes_bindings,
+    routes_configdrive,
+    routes_guest,
+    routes_image_parts,
+    routes_keypairs,
+    routes_nodes,
+    routes_occi,
+    routes_owner,
+)
 from interceptor.backend.auth import Authenticator
 from interceptor.backend.changes import ChangeNotifier, prune_forever
 from interceptor.backend.config import BackendConfig
@@ -43,6 +52,8 @@ def make_vendor(cfg: BackendConfig, metrics: BackendMetrics) -> Any:
         static_files=cfg.vendordata_static_files,
         dynamic_targets=cfg.vendordata_dynamic_targets,
         service_token=cfg.vendordata_service_token,
+        uncached=cfg.vendordata_dynamic_nocache,
+        keystone=cfg.keystone_auth(),
         connect_timeout=cfg.vendordata_connect_timeout,
         read_timeout=cfg.vendordata_read_timeout,
         ttl=cfg.vendordata_ttl,
@@ -111,5 +122,9 @@ def create_app(cfg: BackendConfig, *, metrics: BackendMetrics | None = None,
     routes_nodes.add_routes(app)
     routes_bindings.add_routes(app)
     routes_configdrive.add_routes(app)
+    routes_guest.add_routes(app)
+    routes_keypairs.add_routes(app)
+    routes_image_parts.add_routes(app)
+    routes_occi.add_routes(app)
     add_openapi(app)
     return app

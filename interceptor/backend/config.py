@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from interceptor.backend.keystone import KeystoneAuth, auth_from_config
 from interceptor.backend.limits import (
     MAX_DOCUMENT_BYTES,
     MAX_FILES_BYTES,
@@ -62,6 +63,18 @@ class BackendConfig:
         "help": "dynamic vendor-data targets name@url (comma-separated)"})
     vendordata_service_token: str | None = field(default=None, metadata={
         "help": "bearer token sent to dynamic vendor-data targets"})
+    vendordata_dynamic_nocache: list[str] = field(default_factory=list, metadata={
+        "help": "dynamic targets (names) asked for every document, never cached"})
+    vendordata_auth_url: str | None = field(default=None, metadata={
+        "help": "Keystone v3 URL: send targets a Keystone token in X-Auth-Token"})
+    vendordata_auth_username: str | None = field(default=None, metadata={
+        "help": "Keystone user of the vendor-data service token"})
+    vendordata_auth_password: str | None = field(default=None, metadata={
+        "help": "Keystone password of that user"})
+    vendordata_auth_project_name: str | None = field(default=None, metadata={
+        "help": "Keystone project the token is scoped to"})
+    vendordata_auth_domain: str = field(default="Default", metadata={
+        "help": "Keystone domain of the user and the project"})
     vendordata_connect_timeout: float = field(default=5.0, metadata={"help": "seconds"})
     vendordata_read_timeout: float = field(default=5.0, metadata={"help": "seconds"})
     vendordata_ttl: float = field(default=300.0, metadata={
@@ -105,8 +118,17 @@ class BackendConfig:
         if min(self.max_request_bytes, self.max_value_bytes, self.max_object_metadata_bytes,
                self.max_files_bytes, self.max_document_bytes) <= 0:
             raise ConfigError("config: max_* limits must be positive")
+        keystone = self.keystone_auth()  # raises when only partly configured
+        if self.vendordata_service_token and keystone is not None:
+            raise ConfigError("config: vendordata_service_token and vendordata_auth_url "
+                              "exclude each other")
         if self.max_user_data_bytes < 64 * 1024:
             raise ConfigError("config: max_user_data_bytes must be at least 65536")
+
+    def keystone_auth(self) -> KeystoneAuth | None:
+        return auth_from_config(self.vendordata_auth_url, self.vendordata_auth_username,
+                                self.vendordata_auth_password,
+                                self.vendordata_auth_project_name, self.vendordata_auth_domain)
 
     def limits(self) -> Limits:
         return Limits(request_bytes=self.max_request_bytes, value_bytes=self.max_value_bytes,

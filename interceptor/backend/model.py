@@ -171,7 +171,7 @@ def _obj(value: Any, what: str) -> dict[str, Any]:
 SERVER_FIELDS = ("customer_id", "image_id", "hostname", "ssh_keys", "user_data", "files",
                  "network", "metadata_enabled", "require_token", "tags",
                  "tags_visible", "guest_writes", "instance_type", "availability_zone",
-                 "launch_index")
+                 "launch_index", "key_names")
 
 PLATFORM_FIELDS = ("network", "instance_type", "availability_zone", "launch_index")
 """Server fields only the platform decides (placement, hardware, addressing):
@@ -185,7 +185,8 @@ endpoints (routes_bindings.py)."""
 def check_server(body: Any, limits: Limits) -> dict[str, Any]:
     """Validate a server specification; return it normalised with defaults filled."""
     body = _obj(body, "server")
-    unknown = set(body) - set(SERVER_FIELDS) - {"id", "revision", "running"}
+    unknown = set(body) - set(SERVER_FIELDS) - {"id", "revision", "running",
+                                                   "disabled_by_guest", "consumed_keys"}
     if unknown:
         raise BadRequest(f"unknown server field {sorted(unknown)[0]!r}")
     spec: dict[str, Any] = {}
@@ -204,20 +205,8 @@ def check_server(body: Any, limits: Limits) -> dict[str, Any]:
             raise BadRequest("ssh_keys items need a name and a one-line key")
         keys.append({"name": name, "key": key.strip()})
     spec["ssh_keys"] = keys
-    parts, total, names = [], 0, set()
-    for item in _list(body, "user_data"):
-        item = _obj(item, "user_data part")
-        name = _str(item, "name", "user")
-        if not name or name in names:
-            raise BadRequest(f"user_data part names must be unique and non-empty ({name!r})")
-        names.add(name)
-        ctype = _str(item, "content_type", "text/plain")
-        data = _b64(item.get("data"), f"user_data part {name!r} data")
-        total += len(data)
-        parts.append({"name": name, "content_type": ctype, "data": item["data"]})
-    if total > limits.user_data_bytes:
-        raise TooLarge(f"user_data exceeds {limits.user_data_bytes} bytes")
-    spec["user_data"] = parts
+    spec["user_data"] = check_user_data(_list(body, "user_data"), limits)
+    spec["key_names"] = check_key_names(_list(body, "key_names"))
     files, total = [], 0
     for item in _list(body, "files"):
         item = _obj(item, "files item")
@@ -381,3 +370,55 @@ def bindings_of(server: dict[str, Any]) -> list[dict[str, Any]]:
     legacy = server["spec"].get(BINDINGS_FIELD, [])
     return [{"node": b["node"], "ifname": b["ifname"], "mac": None, "generation": 0}
             for b in legacy]
+
+
+def check_user_data(items: list[Any], limits: Limits) -> list[dict[str, Any]]:
+    """User-data parts (of a server or an image): unique names, base64 data."""
+    parts, total, names = [], 0, set()
+    for item in items:
+        item = _obj(item, "user_data part")
+        name = _str(item, "name", "user")
+        if not name or name in names:
+            raise BadRequest(f"user_data part names must be unique and non-empty ({name!r})")
+        names.add(name)
+        ctype = _str(item, "content_type", "text/plain")
+        data = _b64(item.get("data"), f"user_data part {name!r} data")
+        total += len(data)
+        parts.append({"name": name, "content_type": ctype, "data": item["data"]})
+    if total > limits.user_data_bytes:
+        raise TooLarge(f"user_data exceeds {limits.user_data_bytes} bytes")
+    return parts
+
+
+_KEYPAIR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._@-]{0,254}$")
+_KEY_TYPES = ("ssh-rsa", "ssh-dss", "ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
+              "ecdsa-sha2-nistp521", "sk-ssh-ed25519@openssh.com",
+              "sk-ecdsa-sha2-nistp256@openssh.com")
+
+
+def check_keypair_name(value: Any) -> str:
+    if not isinstance(value, str) or not _KEYPAIR_NAME.match(value) or value != value.strip():
+        raise BadRequest("keypair name must be 1-255 characters [A-Za-z0-9 ._@-]")
+    return value
+
+
+def check_key_names(items: list[Any]) -> list[str]:
+    names = [check_keypair_name(item) for item in items]
+    if len(set(names)) != len(names):
+        raise BadRequest("key_names must not repeat a name")
+    return names
+
+
+def check_public_key(value: Any) -> tuple[str, bytes]:
+    """An OpenSSH public key line ``type base64 [comment]``: (the line, the key blob)."""
+    if not isinstance(value, str) or "\n" in value.strip() or len(value) > 16384:
+        raise BadRequest("public_key must be one OpenSSH public key line")
+    fields = value.strip().split(None, 2)
+    if len(fields) < 2 or fields[0] not in _KEY_TYPES:
+        raise BadRequest(f"public_key must start with a key type ({', '.join(_KEY_TYPES[:3])}…)")
+    blob = _b64(fields[1], "public_key")
+    # The blob starts with the key type as an SSH string: a mismatch is not a key.
+    kind = fields[0].encode()
+    if blob[:4] != len(kind).to_bytes(4, "big") or blob[4:4 + len(kind)] != kind:
+        raise BadRequest("public_key blob does not match its key type")
+    return value.strip(), blob

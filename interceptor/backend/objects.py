@@ -149,8 +149,13 @@ def binding_nodes(rec: base.Record | None) -> set[str]:
 
 
 def server_view(rec: base.Record, runtime: base.Record | None) -> dict[str, Any]:
-    return {"id": rec.id, **server_spec(rec), "revision": rec.revision,
+    view = {"id": rec.id, **server_spec(rec), "revision": rec.revision,
             "running": bool(runtime is not None and runtime.data.get("running"))}
+    if rec.data.get("disabled_by_guest"):
+        view["disabled_by_guest"] = rec.data["disabled_by_guest"]
+    if rec.data.get("consumed"):
+        view["consumed_keys"] = rec.data["consumed"]
+    return view
 
 
 def bad_if(cond: bool, reason: str) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from interceptor.backend import openapi_model
 from interceptor.backend.limits import MAX_PAGE, MAX_WATCH_TIMEOUT
 
 JSON = "application/json"
@@ -122,8 +123,10 @@ SCHEMAS: dict[str, Any] = {
 _PARAM_DOC = {
     "id": "Object id", "cls": "Metadata class: public, restricted, private, system",
     "node": "Node name", "iid": "Instance (server) id", "key": "Key",
-    "name": "Interface name of the tap, or name of the serial socket",
+    "name": "Interface name of the tap, serial socket name, or keypair name",
 }
+SCHEMAS.update(openapi_model.SCHEMAS)
+SCHEMAS["Server"]["properties"].update(openapi_model.SERVER_PROPERTIES)
 
 # (method, path, summary, request schema or None, success status, response schema or None)
 OPERATIONS: list[tuple[str, str, str, str | None, int, str | None]] = [
@@ -204,6 +207,8 @@ for _prefix, _what in (("/v1/customers/{id}", "customer"), ("/v1/images/{id}", "
          "Metadata"),
     ]
 
+OPERATIONS += openapi_model.OPERATIONS
+
 # Operations whose success body is not JSON: media type of the body.
 _BINARY = {("get", "/v1/servers/{id}/configdrive"): "application/x-iso9660-image"}
 _QUERY = {
@@ -212,6 +217,10 @@ _QUERY = {
          "nocloud (label cidata)",
          "schema": {"type": "string", "enum": ["openstack", "nocloud"],
                     "default": "openstack"}}],
+    ("get", "/v1/servers/{id}/guest-data"): openapi_model.LONGPOLL_PARAMS,
+    **{("get", p + "/metadata/{cls}"): openapi_model.LONGPOLL_PARAMS
+       for p in ("/v1/customers/{id}", "/v1/images/{id}", "/v1/servers/{id}",
+                 "/v1/servers/{id}/runtime")},
     ("get", "/v1/nodes/{node}/watch"): [
         {"name": "since", "in": "query", "schema": {"type": "integer", "minimum": 0}},
         {"name": "timeout", "in": "query",
@@ -236,7 +245,9 @@ def _operation(method: str, path: str, summary: str, request: str | None, status
                           .replace("-", "_")}
     if params:
         op["parameters"] = params
-    if request == "text":
+    if request == "occi":
+        op["requestBody"] = openapi_model.OCCI_BODY
+    elif request == "text":
         op["requestBody"] = {"required": True, "content": {"text/plain": {
             "schema": {"type": "string"}}}}
     elif request is not None:
@@ -253,6 +264,8 @@ def _operation(method: str, path: str, summary: str, request: str | None, status
         ok["content"] = {_BINARY[method, path]: {"schema": {"type": "string",
                                                             "format": "binary"}}}
         ok["headers"] = {"ETag": {"schema": {"type": "string"}}}
+    elif path.startswith("/occi"):
+        ok["content"] = openapi_model.OCCI_ANSWER
     responses: dict[str, Any] = {str(status): ok}
     if method == "put" and path == "/v1/servers/{id}":
         responses["201"] = ok

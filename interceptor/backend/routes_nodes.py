@@ -154,26 +154,6 @@ async def set_password(request: web.Request) -> web.Response:
     return web.Response(status=201)
 
 
-async def delete_meta_key(request: web.Request) -> web.Response:
-    iid, cls, key = (request.match_info[k] for k in ("iid", "cls", "key"))
-    ctx, node = await _node(request, iid)
-    if cls not in ("public", "restricted"):
-        raise BadRequest("a guest may delete public or restricted keys only")
-    await _bound(ctx, node, iid)
-    _write_allowed(ctx, iid)
-
-    def mutate(r: base.Record) -> tuple[list[base.Put | base.Delete], base.Change]:
-        values = dict(r.data["meta"].get(cls, {}))
-        if key not in values:
-            raise NotFound(f"no {cls} key {key!r}")
-        del values[key]
-        return ([put_of(r, {**r.data, "meta": {**r.data["meta"], cls: values}})],
-                base.Change([iid], kind="server"))
-
-    await update(ctx, "server", iid, None, _guest_check, mutate)
-    return web.Response(status=204)
-
-
 async def guest_data(request: web.Request) -> web.Response:
     iid, key = request.match_info["iid"], request.match_info["key"]
     ctx, node = await _node(request, iid)
@@ -213,6 +193,5 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/v1/nodes/{node}/instances/{iid}/document", document)
     r.add_get("/v1/nodes/{node}/watch", watch)
     r.add_post("/v1/nodes/{node}/instances/{iid}/password", set_password)
-    r.add_delete("/v1/nodes/{node}/instances/{iid}/meta/{cls}/{key}", delete_meta_key)
     r.add_put("/v1/nodes/{node}/instances/{iid}/guest-data/{key}", guest_data)
     r.add_delete("/v1/nodes/{node}/instances/{iid}/guest-data/{key}", guest_data)

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from interceptor.backend import documents, model
+from interceptor.backend import consumed, documents, longpoll, model, routes_keypairs
 from interceptor.backend.auth import digest, new_token
 from interceptor.backend.context import BACKEND, Backend
 from interceptor.backend.errors import (
@@ -123,8 +123,10 @@ async def delete_customer(request: web.Request) -> web.Response:
     expect = check_match(request, rec.revision) or rec.revision
     if await ctx.store.ids("server", owner=cid) or await ctx.store.ids("image", owner=cid):
         raise Conflict(f"customer {cid} still owns servers or images")
+    keypairs = await ctx.store.ids("keypair", owner=cid)
     await update(ctx, "customer", cid, expect, lambda r: None,
-                 lambda r: ([base.Delete("customer", cid, expect=r.revision)],
+                 lambda r: ([base.Delete("customer", cid, expect=r.revision),
+                             *(base.Delete("keypair", k) for k in keypairs)],
                             base.Change(kind="customer")))
     await ctx.store.delete_tokens(cid)
     return web.Response(status=204)
@@ -268,6 +270,7 @@ async def _check_server_refs(ctx: Backend, who: Principal, spec: dict[str, Any],
         if image is None or not (image.shared or image.owner == spec["customer_id"]
                                  or who.is_admin):
             raise BadRequest(f"image {spec['image_id']} does not exist or is not usable")
+    await routes_keypairs.check_key_names(ctx, who, spec, old)
 
 
 def _size_check(ctx: Backend, spec: dict[str, Any], meta: dict[str, Any]) -> None:
@@ -358,6 +361,8 @@ async def _replace_server(ctx: Backend, who: Principal, sid: str, wanted: int | 
         spec = new_spec(old)
         _size_check(ctx, spec, rec.data["meta"])
         data = {**rec.data, "spec": spec, "bindings": server_bindings(rec)}
+        if spec["metadata_enabled"]:  # the owner switched it (back) on
+            data.pop("disabled_by_guest", None)
         put = put_of(rec, data, owner=spec["customer_id"], parent=spec["image_id"])
         return [put], base.Change([sid], _nodes_touched(rec, old, spec), kind="server")
 
@@ -458,6 +463,7 @@ async def get_metadata(request: web.Request) -> web.Response:
     rec, owner = await _meta_record(ctx, who, kind, oid)
     if not model.can_read(who, owner, cls):
         raise Forbidden(f"{cls} metadata of this {kind} is readable by its owner only")
+    rec = await longpoll.wait_record(ctx, request, rec)
     return reply(_class_values(rec, cls), revision=rec.revision)
 
 
@@ -489,9 +495,12 @@ async def write_metadata(request: web.Request) -> web.Response:
             model.check_system(kind, new)
         meta = {**r.data["meta"], cls: new}
         model.check_object_meta(meta, ctx.limits)
+        data = {**r.data, "meta": meta}
         if kind == "server":
             _size_check(ctx, r.data["spec"], meta)
-        return [put_of(r, {**r.data, "meta": meta})], base.Change(change_instances, kind=kind)
+            data = consumed.lifted(data, cls, body if replace else
+                                   [k for k, v in body.items() if v is not None])
+        return [put_of(r, data)], base.Change(change_instances, kind=kind)
 
     rev = await update(ctx, kind, oid, if_match(request), check, mutate)
     fresh = await ctx.store.get(kind, oid)
@@ -580,6 +589,7 @@ async def get_guest_data(request: web.Request) -> web.Response:
     rec = await ctx.store.get("guest", sid)
     if rec is None:
         raise NotFound(f"server {sid} not found")
+    rec = await longpoll.wait_record(ctx, request, rec)
     return reply(dict(rec.data.get("data", {})), revision=rec.revision)
 
 

@@ -6,13 +6,20 @@
 * Dynamic: targets ``name@url``. For each instance every target gets a
   ``POST`` of the instance's facts (Nova's keys: ``project-id``,
   ``instance-id``, ``image-id``, ``user-data``, ``hostname``, ``metadata``),
-  with ``Authorization: Bearer <service token>`` when one is configured. A
+  with ``Authorization: Bearer <service token>`` when one is configured, or
+  a Keystone service token in ``X-Auth-Token`` as Nova sends it
+  (``interceptor/backend/keystone.py``; a 401 answer drops the token and the
+  call is made once more with a fresh one). ``user-data`` is the owner's
+  user-data in base64 (several parts: the multipart document the guest
+  reads). A
   target's JSON object appears under its name. A target that fails (timeout,
   refused, non-2xx, oversized, not JSON, not an object) is left out, logged
   and counted; it never fails the document. Targets are asked concurrently,
   each bounded by connect + read timeout, so one call to ``get`` takes no
   longer than that however many targets hang.
-* Results are cached per instance for ``ttl`` seconds (injected clock);
+* Results of cached targets (the default) are cached per instance for
+  ``ttl`` seconds (injected clock); targets named in ``uncached`` are asked
+  on every ``get`` (every document the backend builds);
   concurrent ``get`` calls for one instance share one round of requests;
   ``invalidate`` drops an instance's entry (the backend calls it when the
   instance's document changes) and discards a round still in flight.
@@ -33,6 +40,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from interceptor.backend.keystone import KeystoneAuth, KeystoneError, KeystoneTokens
 from interceptor.common.errors import ConfigError
 from interceptor.formats.document import VendorData
 
@@ -61,6 +69,7 @@ CACHE_PRUNE_AT = 4096
 class DynamicTarget:
     name: str
     url: str
+    cached: bool = True
 
 
 class TargetFailure(Exception):
@@ -71,9 +80,10 @@ class TargetFailure(Exception):
         self.reason = reason
 
 
-def parse_targets(specs: list[str]) -> list[DynamicTarget]:
+def parse_targets(specs: list[str], uncached: list[str] | None = None) -> list[DynamicTarget]:
     """``name@url`` strings → targets. A repeated name is ignored (as Nova does)
-    with one warning; a malformed entry is a ConfigError."""
+    with one warning; a malformed entry, or an ``uncached`` name that is no
+    target, is a ConfigError."""
     targets: list[DynamicTarget] = []
     seen: set[str] = set()
     for spec in specs:
@@ -88,7 +98,10 @@ def parse_targets(specs: list[str]) -> list[DynamicTarget]:
             log.warning("vendordata: dynamic target name %s repeated; later entry ignored", name)
             continue
         seen.add(name)
-        targets.append(DynamicTarget(name, url.strip()))
+        targets.append(DynamicTarget(name, url.strip(), name not in (uncached or [])))
+    for name in uncached or []:
+        if name not in seen:
+            raise ConfigError(f"config: vendordata_dynamic_nocache names no target {name!r}")
     return targets
 
 
@@ -133,6 +146,8 @@ class VendorDataService:
         static_files: list[str],
         dynamic_targets: list[str],
         service_token: str | None,
+        uncached: list[str] | None = None,
+        keystone: KeystoneAuth | None = None,
         connect_timeout: float = 5.0,
         read_timeout: float = 5.0,
         ttl: float = 300.0,
@@ -140,8 +155,9 @@ class VendorDataService:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._static = load_static(static_files)
-        self._targets = parse_targets(dynamic_targets)
+        self._targets = parse_targets(dynamic_targets, uncached)
         self._token = service_token
+        self.keystone = KeystoneTokens(keystone) if keystone is not None else None
         self._timeout = aiohttp.ClientTimeout(
             total=connect_timeout + read_timeout,
             sock_connect=connect_timeout,
@@ -188,13 +204,24 @@ class VendorDataService:
     async def _dynamic(self, req: VendorRequest) -> dict[str, Any]:
         if not self._targets:
             return {}
+        cached = await self._cached(req) if any(t.cached for t in self._targets) else {}
+        fresh = [t for t in self._targets if not t.cached]
+        if not fresh:
+            return cached
+        now = await self._query_all(req, fresh)
+        # In configuration order, whichever way each target was answered.
+        merged = {**cached, **now}
+        return {t.name: merged[t.name] for t in self._targets if t.name in merged}
+
+    async def _cached(self, req: VendorRequest) -> dict[str, Any]:
         iid = req["instance-id"]
         entry = self._cache.get(iid)
         if entry is not None and entry.expires > self._clock():
             return entry.dynamic
         task = self._inflight.get(iid)
         if task is None:
-            task = asyncio.create_task(self._query_all(req), name=f"vendordata:{iid}")
+            targets = [t for t in self._targets if t.cached]
+            task = asyncio.create_task(self._query_all(req, targets), name=f"vendordata:{iid}")
             self._inflight[iid] = task
             task.add_done_callback(lambda done: self._settle(iid, done))
         # shield: a cancelled caller must not cancel the round others wait on.
@@ -212,7 +239,8 @@ class VendorDataService:
                 del self._cache[key]
         self._cache[iid] = _Entry(now + self._ttl, task.result())
 
-    async def _query_all(self, req: VendorRequest) -> dict[str, Any]:
+    async def _query_all(self, req: VendorRequest, targets: list[DynamicTarget]
+                         ) -> dict[str, Any]:
         if self._session is None:
             raise RuntimeError("VendorDataService.start() was not awaited")
         try:
@@ -221,18 +249,26 @@ class VendorDataService:
             log.warning("vendordata: request for %s is not JSON (%s); no dynamic data",
                         req.get("instance-id"), exc)
             return {}
-        results = await asyncio.gather(*(self._query(t, body) for t in self._targets))
-        return {t.name: r for t, r in zip(self._targets, results, strict=True) if r is not None}
+        results = await asyncio.gather(*(self._query(t, body) for t in targets))
+        return {t.name: r for t, r in zip(targets, results, strict=True) if r is not None}
 
-    async def _query(self, target: DynamicTarget, body: bytes) -> dict[str, Any] | None:
-        """One target's object, or None after logging and counting its failure."""
-        assert self._session is not None
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    async def _auth_headers(self) -> dict[str, str]:
+        if self.keystone is not None:
+            assert self._session is not None
+            try:
+                return {"X-Auth-Token": await self.keystone.token(self._session)}
+            except KeystoneError as exc:
+                raise TargetFailure("auth", str(exc)) from None
         if self._token:
-            headers["Authorization"] = f"Bearer {self._token}"
-        start = time.monotonic()
-        self._count("vendor_calls", target.name)
-        try:
+            return {"Authorization": f"Bearer {self._token}"}
+        return {}
+
+    async def _post(self, target: DynamicTarget, body: bytes) -> tuple[int, bytes]:
+        """One POST (twice when a Keystone token was refused with 401)."""
+        assert self._session is not None
+        for attempt in (1, 2):
+            headers = {"Content-Type": "application/json", "Accept": "application/json",
+                       **await self._auth_headers()}
             try:
                 async with self._session.post(target.url, data=body, headers=headers,
                                               allow_redirects=False) as resp:
@@ -242,6 +278,18 @@ class VendorDataService:
                 raise TargetFailure("timeout", "timed out") from exc
             except aiohttp.ClientError as exc:
                 raise TargetFailure("connect", type(exc).__name__) from exc
+            if status == 401 and self.keystone is not None and attempt == 1:
+                self.keystone.rejected(headers["X-Auth-Token"])
+                continue
+            return status, raw
+        raise AssertionError("unreachable")
+
+    async def _query(self, target: DynamicTarget, body: bytes) -> dict[str, Any] | None:
+        """One target's object, or None after logging and counting its failure."""
+        start = time.monotonic()
+        self._count("vendor_calls", target.name)
+        try:
+            status, raw = await self._post(target, body)
             if not 200 <= status < 300:
                 raise TargetFailure("status", f"HTTP {status}")
             try:

@@ -9,7 +9,9 @@ files) are base64 so the document stays valid JSON.
 Only VM-visible data is ever in it: *private* metadata never is. Classes in
 ``meta`` are therefore ``public``, ``restricted`` and ``system`` only.
 
-Shape (keys marked * are always present)::
+Shape (keys marked * are always present; keys marked + were added to schema 1
+later and are optional, so a node reads documents of an older backend and an
+older node ignores them)::
 
     {
       "schema": 1,                                   *
@@ -27,9 +29,17 @@ Shape (keys marked * are always present)::
       "tags_visible": false,                         * expose tags under meta-data/tags/instance
       "guest_writes": false,                         * guest may write its guest-data namespace
       "ssh_keys": [{"name": "alice", "key": "ssh-ed25519 AAAA... alice"}],   *
+                                                     every key the VM gets, in order: the
+                                                     server's own keys, its named keypairs,
+                                                     then the customer's system "sshkeys"
+                                                     (those carry + "user": the account,
+                                                     "" = the image's default user)
       "user_data": [                                 * empty list = no user-data (404)
-        {"name": "user", "content_type": "text/cloud-config", "data_b64": "..."}
-      ],
+        {"name": "user", "content_type": "text/cloud-config", "data_b64": "...",
+         "origin": "server"}                         + "image" | "server"
+      ],                                             merged order: the image's parts, then
+                                                     the server's; a server part named like
+                                                     an image part replaces that part
       "files": [{"path": "/etc/motd", "data_b64": "..."}],                   *
       "network": {                                   *
         "interfaces": [{
@@ -46,13 +56,23 @@ Shape (keys marked * are always present)::
         "image":    {"public": {...}, "restricted": {...}, "system": {...}},
         "server":   {"public": {...}, "restricted": {...}, "system": {...}},
         "runtime":  {"public": {...}, "restricted": {...}, "system": {...}}
-      },
+      },                                             keys the guest consumed are already
+                                                     left out of every object (see below)
+      "final_keys": ["mirror"],                      + image restricted keys no other object
+                                                     overrides in the merged view
       "vendor_data": {"static": {...}, "dynamic": {"target-name": {...}}},   *
       "password": "..." | null,                      * set once by the guest (OpenStack)
       "guest_data": {"key": "value"},                * the guest-writable namespace
       "region": "us-east1"                           optional: only a source that knows it
     }                                                (the serial file driver); else the
                                                      region is derived from the zone
+
+Consumed keys: a guest ``DELETE /interceptor/v1/meta/{cls}/{key}`` removes the
+key from the server's class and *shadows* it for this instance: the backend
+leaves that key of that class out of every object (customer, image, server,
+runtime) when it builds the document, so no surface shows it. The shadow
+lasts until the key is written to the server's class again (by the owner or
+by a guest ``PUT``).
 
 Metadata values are JSON values (usually strings). System metadata holds the
 platform's facts: customer ``sshkeys`` (``{"user": ["key", ...]}``, ``""`` =
@@ -82,12 +102,14 @@ ClassedMetadata = dict[str, Metadata]  # class name -> key -> value
 class SshKey(TypedDict):
     name: str
     key: str
+    user: NotRequired[str]
 
 
 class UserDataPart(TypedDict):
     name: str
     content_type: str
     data_b64: str
+    origin: NotRequired[Literal["image", "server"]]
 
 
 class InjectedFile(TypedDict):
@@ -145,6 +167,7 @@ class InstanceDocument(TypedDict):
     password: str | None
     guest_data: dict[str, str]
     region: NotRequired[str]
+    final_keys: NotRequired[list[str]]
 
 
 class DocumentError(ValueError):
@@ -192,6 +215,8 @@ def validate_document(obj: object) -> InstanceDocument:
             raise DocumentError(f"document lacks {key!r}")
         if not isinstance(obj[key], typ):
             raise DocumentError(f"document field {key!r} has the wrong type")
+    if not isinstance(obj.get("final_keys", []), list):
+        raise DocumentError("document field 'final_keys' has the wrong type")
     if obj["schema"] != SCHEMA_VERSION:
         raise DocumentError(f"document schema {obj['schema']} is not {SCHEMA_VERSION}")
     return cast(InstanceDocument, obj)
@@ -215,12 +240,18 @@ def empty_meta() -> dict[str, ClassedMetadata]:
 
 def merged_meta(doc: InstanceDocument, classes: tuple[str, ...] = ("public", "restricted")
                 ) -> Metadata:
-    """Flatten VM-visible metadata, image < customer < server < runtime."""
+    """Flatten VM-visible metadata, image < customer < server < runtime, except
+    that the image's ``final_keys`` (restricted) keep the image's value."""
     out: Metadata = {}
     for obj in OBJECTS:
         per_class = doc["meta"].get(obj, {})
         for cls in classes:
             out.update(per_class.get(cls, {}))
+    if "restricted" in classes:
+        image_restricted = doc["meta"].get("image", {}).get("restricted", {})
+        for key in doc.get("final_keys", []):
+            if isinstance(key, str) and key in image_restricted:
+                out[key] = image_restricted[key]
     return out
 
 

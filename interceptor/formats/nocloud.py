@@ -60,16 +60,25 @@ def yaml_bytes(value: Any) -> bytes:
 
 
 def meta_data(doc: InstanceDocument) -> dict[str, Any]:
+    """``meta-data``. ``ami-id`` only when the server has an image; ``region``
+    (``region_of_document``); ``tags`` in list form (``tag_list``: only when
+    the owner shows tags, as on EC2)."""
     out: dict[str, Any] = {
         "instance-id": doc["instance_id"],
         "local-hostname": doc["hostname"],
         "hostname": doc["hostname"],
         "availability-zone": doc["availability_zone"],
+        "region": region_of_document(doc),
         "launch-index": doc["launch_index"],
     }
+    if doc["image_id"]:
+        out["ami-id"] = doc["image_id"]
     keys = [key for _, key in key_entries(doc)]
     if keys:
         out["public-keys"] = keys
+    tags = tag_list(doc)
+    if tags:
+        out["tags"] = tags
     return out
 
 

@@ -9,11 +9,12 @@ slash. The node daemon (and the config-drive builder) call only this.
 * ``/openstack/…``              OpenStack style (``openstack``)
 * ``/nocloud/…``                NoCloud seed files (``nocloud``)
 * ``/metadata``                 the classes-by-objects XML (``xml_metadata``)
+* ``/interceptor/…``            the service's own read-back surface (``guest_view``)
 """
 
 from __future__ import annotations
 
-from interceptor.formats import ec2, nocloud, openstack
+from interceptor.formats import ec2, guest_view, nocloud, openstack
 from interceptor.formats.document import InstanceDocument
 from interceptor.formats.rendered import NOT_FOUND, XML, Rendered, etag_of
 from interceptor.formats.xml_metadata import render_xml
@@ -30,6 +31,8 @@ def render_path(doc: InstanceDocument, path: str) -> Rendered:
         return openstack.render(doc, rest)
     if head == "nocloud":
         return nocloud.render(doc, rest)
+    if head == "interceptor":
+        return guest_view.render(doc, rest)
     if head == "metadata":
         return Rendered(200, render_xml(doc), XML) if not rest else NOT_FOUND
     return ec2.render(doc, segments)

@@ -16,7 +16,16 @@ Shape::
         <image>…</image>
         <runtime>…</runtime>
       </meta>
+      <public-keys>
+        <key name="alice">ssh-ed25519 …</key>
+        <key name="ops" user="ops">ssh-rsa …</key>
+      </public-keys>
     </CONFIG>
+
+``public-keys`` is the document's ``ssh_keys`` (the server's keys, its named
+keypairs and the customer's ``sshkeys``), as EC2 and OpenStack list them;
+``user`` is present for keys from ``sshkeys``; a key XML cannot carry (a
+control character) is left out. ``decode_keys`` reads it back.
 
 Encoding of one ``key: value`` (``decode_xml`` reverses it exactly):
 
@@ -45,6 +54,7 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 from interceptor.formats.document import ClassedMetadata, InstanceDocument, JSONValue, Metadata
+from interceptor.formats.facts import key_entries
 
 XML_OBJECTS: tuple[str, ...] = ("customer", "server", "image", "runtime")
 XML_CLASSES: tuple[str, ...] = ("public", "restricted", "system")
@@ -157,8 +167,38 @@ def render_xml(doc: InstanceDocument) -> bytes:
             data = per_class.get(cls, {})
             lines.append(_class_xml(obj, cls, data if isinstance(data, dict) else {}, "      "))
         lines.append(f"    </{obj}>")
-    lines += ["  </meta>", "</CONFIG>", ""]
+    lines.append("  </meta>")
+    lines += _keys_xml(doc)
+    lines += ["</CONFIG>", ""]
     return "\n".join(lines).encode("utf-8")
+
+
+def _keys_xml(doc: InstanceDocument) -> list[str]:
+    users = [str(k.get("user")) if "user" in k else None for k in doc["ssh_keys"]]
+    entries = key_entries(doc)
+    if not entries:
+        return ["  <public-keys/>"]
+    lines = ["  <public-keys>"]
+    for (name, key), user in zip(entries, users, strict=True):
+        if not (_xml_safe(name) and _xml_safe(key)):
+            continue
+        attrs = f' name="{_escape_attr(name)}"'
+        if user is not None and _xml_safe(user):
+            attrs += f' user="{_escape_attr(user)}"'
+        lines.append(f"    <key{attrs}>{_escape_text(key)}</key>")
+    lines.append("  </public-keys>")
+    return lines
+
+
+def decode_keys(body: bytes) -> list[dict[str, str]]:
+    """The ``public-keys`` entries of a ``render_xml`` document, in order."""
+    root = ET.fromstring(body)  # noqa: S314 - expat resolves no external entities
+    keys = root.find("public-keys")
+    if keys is None:
+        return []
+    return [{k: v for k, v in (("name", el.get("name", "")), ("key", el.text or ""),
+                                ("user", el.get("user"))) if v is not None}
+            for el in keys.findall("key")]
 
 
 def _decode_key(element: ET.Element) -> str:

@@ -268,6 +268,15 @@ class BackendClient:
                          self._path("instances", instance_id, "meta", cls, key), instance_id,
                          ok=(200, 204))
 
+    async def put_meta(self, instance_id: str, cls: str, key: str, value: bytes) -> None:
+        await self._call("put_meta", "PUT",
+                         self._path("instances", instance_id, "meta", cls, key), instance_id,
+                         body=value, ok=(200, 201, 204))
+
+    async def disable(self, instance_id: str) -> None:
+        await self._call("disable", "POST", self._path("instances", instance_id, "disable"),
+                         instance_id, ok=(200, 204))
+
     async def put_guest_data(self, instance_id: str, key: str, value: bytes) -> None:
         await self._call("guest_data", "PUT",
                          self._path("instances", instance_id, "guest-data", key), instance_id,

@@ -32,8 +32,12 @@ Statuses (every one is covered by tests):
   success when the backend is down (→ 503):
   ``POST /openstack/{latest|YYYY-MM-DD}/password`` (≤ 1020 bytes, else 413;
   already set → 409; success → 200 as Nova answers),
-  ``DELETE /interceptor/v1/meta/{public|restricted}/{key}`` → 204 (the
-  guest consumes a server metadata key; 404 when absent),
+  ``PUT /interceptor/v1/meta/{public|restricted}/{key}`` → 204 (the guest
+  sets a key of its server's class; 403 unless the server allows guest
+  writes), ``DELETE /interceptor/v1/meta/{public|restricted}/{key}`` → 204
+  (the guest consumes the key: gone from every view it has; 404 when
+  absent), ``POST /interceptor/v1/disable`` → 204 (the guest switches its
+  own metadata off; only the owner switches it back on),
   ``PUT|DELETE /interceptor/v1/guest-data/{key}`` → 204 (403 unless the
   server allows guest writes; 404 deleting an absent key).
 * Any other method → 405 with ``Allow``.
@@ -87,6 +91,7 @@ _VERSIONED_TOKEN = re.compile(r"/[^/]+/api/token/?\Z")
 _PASSWORD = re.compile(r"/openstack/(latest|\d{4}-\d{2}-\d{2})/password/?\Z")
 _META_KEY = re.compile(r"/interceptor/v1/meta/(public|restricted)/([^/]+)\Z")
 _GUEST_DATA = re.compile(r"/interceptor/v1/guest-data/([^/]+)\Z")
+_DISABLE = re.compile(r"/interceptor/v1/disable/?\Z")
 _READ_ALLOW = "GET, HEAD"
 
 
@@ -96,6 +101,10 @@ class GuestWriter(Protocol):
     async def set_password(self, instance_id: str, text: bytes) -> None: ...
 
     async def delete_meta(self, instance_id: str, cls: str, key: str) -> None: ...
+
+    async def put_meta(self, instance_id: str, cls: str, key: str, value: bytes) -> None: ...
+
+    async def disable(self, instance_id: str) -> None: ...
 
     async def put_guest_data(self, instance_id: str, key: str, value: bytes) -> None: ...
 
@@ -335,15 +344,16 @@ class GuestApi:
         password = _PASSWORD.match(path)
         meta = _META_KEY.match(path)
         guest = _GUEST_DATA.match(path)
+        disable = _DISABLE.match(path)
         if password is not None:
             if method != "POST":
                 return _text(405, "Method Not Allowed", (("Allow", "GET, HEAD, POST"),))
-        elif meta is not None:
-            if method != "DELETE":
-                return _text(405, "Method Not Allowed", (("Allow", "DELETE"),))
-        elif guest is not None:
+        elif disable is not None:
+            if method != "POST":
+                return _text(405, "Method Not Allowed", (("Allow", "POST"),))
+        elif meta is not None or guest is not None:
             if method not in ("PUT", "DELETE"):
-                return _text(405, "Method Not Allowed", (("Allow", "PUT, DELETE"),))
+                return _text(405, "Method Not Allowed", (("Allow", "GET, HEAD, PUT, DELETE"),))
         else:
             return self._read_only
         snap = await self._document(iid)
@@ -354,11 +364,19 @@ class GuestApi:
                     return _text(413, "Payload Too Large")
                 await self._writer.set_password(iid, request.body)
                 status = 200
+            elif disable is not None:
+                await self._writer.disable(iid)
+                status = 204
             elif meta is not None:
                 key = meta.group(2)
                 if len(key) > MAX_KEY_CHARS:
                     return self._bad_request
-                await self._writer.delete_meta(iid, meta.group(1), key)
+                if method == "PUT":
+                    if not snap.document["guest_writes"]:
+                        return self._forbidden
+                    await self._writer.put_meta(iid, meta.group(1), key, request.body)
+                else:
+                    await self._writer.delete_meta(iid, meta.group(1), key)
                 status = 204
             else:
                 assert guest is not None

@@ -32,7 +32,7 @@ from prometheus_client.registry import Collector
 
 from interceptor import __version__
 
-SURFACES: tuple[str, ...] = ("ec2", "openstack", "nocloud", "xml", "token", "write", "other")
+SURFACES: tuple[str, ...] = ("ec2", "openstack", "nocloud", "xml", "token", "interceptor", "other")
 
 _LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                     0.25, 0.5, 1.0, 2.5, 5.0)
@@ -62,7 +62,7 @@ def surface_of(path: str) -> str:
     if path.startswith("/metadata"):
         return "xml"
     if path.startswith("/interceptor/"):
-        return "write"
+        return "interceptor"  # the service's own paths: guest writes and read-back
     if path == "/" or path.startswith("/latest") or path[1:2].isdigit():
         return "ec2"
     return "other"

@@ -128,3 +128,79 @@ async def test_private_image_hidden_and_unusable(api: Api) -> None:
     r = await api.call("POST", "/v1/servers", tok_b,
                        json_body={"hostname": "sb", "image_id": "priv"})
     assert r.status == 400
+
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBxFqGk6JmrTJ3N3pCZTjI4PbnPf2Gr0c7bTXxY2e2fE m@x"
+NODE_A = "tok-node-a-" + "x" * 16
+OCCI_BODY = ('Category: compute; scheme="http://schemas.ogf.org/occi/infrastructure#"; '
+             'class="kind"\nX-OCCI-Attribute: occi.compute.hostname="m"\n')
+
+# (method, path, JSON body or text, status for: owner, other customer, node token, none)
+MODEL_ENDPOINTS: list[tuple[str, str, object, tuple[int, int, int, int]]] = [
+    ("POST", "/v1/customers/c-own/keypairs", {"name": "k2", "public_key": KEY},
+     (201, 404, 403, 401)),
+    ("GET", "/v1/customers/c-own/keypairs", None, (200, 404, 403, 401)),
+    ("GET", "/v1/customers/c-own/keypairs/k1", None, (200, 404, 403, 401)),
+    ("DELETE", "/v1/customers/c-own/keypairs/k1", None, (204, 404, 403, 401)),
+    ("GET", "/v1/images/img-own/user-data", None, (200, 403, 403, 401)),
+    ("PUT", "/v1/images/img-own/user-data", {"user_data": []}, (200, 403, 403, 401)),
+    ("GET", "/v1/images/img-own/final-keys", None, (200, 403, 403, 401)),
+    ("PUT", "/v1/images/img-own/final-keys", {"restricted": ["k"]}, (200, 403, 403, 401)),
+    ("PATCH", "/v1/servers/s-own/guest-data", {"k": "v"}, (200, 403, 403, 401)),
+    ("GET", "/v1/servers/s-own/guest-data?wait_for_change=true&timeout_sec=0", None,
+     (200, 403, 403, 401)),
+    ("POST", "/occi1.1/compute/", OCCI_BODY, (201, 201, 403, 401)),
+    ("GET", "/occi1.1/compute/s-own", None, (200, 403, 403, 401)),
+    ("GET", "/occi1.1/-/", None, (200, 200, 403, 401)),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "want"), MODEL_ENDPOINTS,
+                         ids=[f"{m} {p}" for m, p, _, _ in MODEL_ENDPOINTS])
+@pytest.mark.parametrize("who", range(4), ids=["owner", "other", "node", "none"])
+async def test_model_endpoints_matrix(api: Api, method: str, path: str, body: object,
+                                      want: tuple[int, int, int, int], who: int) -> None:
+    scene = await _scene(api)
+    r = await api.call("POST", "/v1/customers/c-own/keypairs", scene.owner,
+                       json_body={"name": "k1", "public_key": KEY})
+    assert r.status == 201, r.body
+    token = (scene.owner, scene.other, NODE_A, None)[who]
+    if isinstance(body, str):
+        r = await api.call(method, path, token, data=body,
+                           headers={"Content-Type": "text/plain"})
+    else:
+        r = await api.call(method, path, token, json_body=body)
+    assert r.status == want[who], (r.status, r.body)
+    if r.status >= 400:
+        assert "error" in r.body
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("PUT", "/instances/s-own/meta/public/k"), ("DELETE", "/instances/s-own/meta/public/k"),
+    ("POST", "/instances/s-own/disable")])
+async def test_guest_write_endpoints_only_for_the_signed_bound_node(api: Api, method: str,
+                                                                   path: str) -> None:
+    scene = await _scene(api)
+    assert (await api.call("PATCH", "/v1/servers/s-own", scene.owner,
+                           json_body={"guest_writes": True})).status == 200
+    assert (await api.call("PATCH", "/v1/servers/s-own/metadata/public", scene.owner,
+                           json_body={"k": "v"})).status == 200
+    full = "/v1/nodes/node-a" + path
+    for token in (ADMIN, scene.owner, scene.other):  # owner API tokens are no node's
+        r = await api.call(method, full, token, data="x")
+        assert r.status == 403, (token, r.body)
+    assert (await api.call(method, full, NODE_A, data="x")).status == 401  # unsigned
+    r = await api.node(method, "node-a", path, "s-other", data="x")  # signed for another
+    assert r.status == 401
+    assert (await api.node(method, "node-b", path, "s-own", data="x")).status == 403
+    r = await api.node(method, "node-a", path, "s-own", data="x")
+    assert r.status == 204, r.body
+
+
+async def test_guest_put_refused_without_guest_writes(api: Api) -> None:
+    await _scene(api)
+    r = await api.node("PUT", "node-a", "/instances/s-own/meta/restricted/k", "s-own",
+                       data="x")
+    assert r.status == 403 and "guest writes" in r.body["error"]
+    doc = await api.document("s-own")
+    assert "k" not in doc["meta"]["server"]["restricted"]

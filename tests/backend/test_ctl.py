@@ -130,3 +130,51 @@ def test_ctl_usage_and_unreachable() -> None:
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "cannot reach" in r.stderr
     r = run("--url", "file:///etc/passwd", "--token", "t", "server", "get", "x")
     assert r.returncode == 2
+
+
+@pytest.mark.parametrize("store_kind", ["sqlite"], indirect=True)
+async def test_ctl_model_commands(api: Api, capsys: pytest.CaptureFixture[str],
+                                  tmp_path: Path) -> None:
+    owner = await api.customer("c1")
+    key = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBxFqGk6JmrTJ3N3pCZTjI4PbnPf2Gr0c7bT"
+           "XxY2e2fE ctl@test")
+    pub = tmp_path / "id.pub"
+    pub.write_text(key + "\n")
+    code, out, err = await _ctl(api, capsys, "keypair", "create", "c1", "laptop", str(pub),
+                                token=owner)
+    assert code == 0 and out["public_key"] == key, err
+    code, out, _ = await _ctl(api, capsys, "keypair", "get", "c1", "laptop", token=owner)
+    assert code == 0 and out["fingerprint"].startswith("SHA256:")
+    code, out, err = await _ctl(api, capsys, "keypair", "create", "c1", "bad", str(tmp_path),
+                                token=owner)
+    assert code == 2 and "cannot read" in err
+    code, out, _ = await _ctl(api, capsys, "image", "create", "--id", "img1", token=owner)
+    code, out, err = await _ctl(api, capsys, "server", "create", "--customer", "c1",
+                                "--hostname", "vm1", "--image", "img1", "--key-name", "laptop",
+                                token=owner)
+    assert code == 0 and out["key_names"] == ["laptop"], err
+    sid = out["id"]
+    part = tmp_path / "mirror.yaml"
+    part.write_bytes(b"#cloud-config\n")
+    code, out, _ = await _ctl(api, capsys, "image", "set-user-data", "img1", str(part),
+                              "--part", "mirror", token=owner)
+    assert code == 0 and [p["name"] for p in out["user_data"]] == ["mirror"]
+    assert out["user_data"][0]["content_type"] == "text/cloud-config"
+    code, out, _ = await _ctl(api, capsys, "image", "final-keys", "img1", "mirror",
+                              token=owner)
+    assert out == {"restricted": ["mirror"]}
+    code, out, _ = await _ctl(api, capsys, "image", "final-keys", "img1", token=owner)
+    assert out == {"restricted": ["mirror"]}
+    code, out, _ = await _ctl(api, capsys, "server", "set-guest-data", sid, "q=1", "x=",
+                              token=owner)
+    assert code == 0 and out == {"q": "1"}
+    code, out, _ = await _ctl(api, capsys, "server", "guest-data", sid, "--wait",
+                              "--timeout", "0.2", token=owner)
+    assert code == 0 and out == {"q": "1"}
+    doc = (await api.call("GET", f"/v1/servers/{sid}/document", owner)).body
+    assert [k["name"] for k in doc["ssh_keys"]] == ["laptop"]
+    assert [p["name"] for p in doc["user_data"]] == ["mirror"]
+    code, out, _ = await _ctl(api, capsys, "keypair", "delete", "c1", "laptop", token=owner)
+    assert code == 0 and out == {"deleted": "laptop"}
+    code, out, _ = await _ctl(api, capsys, "keypair", "list", "c1", token=owner)
+    assert out == {"items": []}

@@ -2,7 +2,7 @@
 
 Both implementations (``sqlite``, ``postgres``) satisfy ``Store`` and run the
 same test suite. The model lives above this layer: a record is an opaque JSON
-object of a *kind* (customer, image, server, runtime, guest) with an owner
+object of a *kind* (customer, image, server, runtime, guest, keypair) with an owner
 and a parent (a server's image), so the two SQL dialects stay small.
 
 Every ``commit`` is one transaction that gets the next **revision** (strictly
@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-KINDS = ("customer", "image", "server", "runtime", "guest")
+KINDS = ("customer", "image", "server", "runtime", "guest", "keypair")
 
 
 class StoreError(Exception):

@@ -41,8 +41,11 @@ def test_seed_of_normal_doc(load_doc: Callable[[str], InstanceDocument], fetcher
         "local-hostname": "vm1",
         "hostname": "vm1",
         "availability-zone": "us-east-1a",
+        "region": "us-east-1",
+        "ami-id": "img-1",
         "launch-index": 0,
         "public-keys": [k["key"] for k in doc["ssh_keys"]],
+        "tags": ["0=key=y", "Name=vm one", "bad/key=x", "role=web"],
     }
     assert ud == render_path(doc, "/latest/user-data").body
     paths = ci_helpers.Paths({"cloud_dir": str(tmp_path)})
@@ -156,3 +159,12 @@ def test_meta_data_strings_round_trip(load_doc: Callable[[str], InstanceDocument
     doc["hostname"] = hostname
     md = util.load_yaml(render_path(doc, "/nocloud/meta-data").body)
     assert md["local-hostname"] == hostname
+
+
+def test_meta_data_ami_region_tags_follow_the_document(
+        load_doc: Callable[[str], InstanceDocument]) -> None:
+    doc = load_doc("normal")
+    doc["image_id"], doc["tags_visible"], doc["availability_zone"] = None, False, "zone-b"
+    md = yaml.safe_load(render_path(doc, "/nocloud/meta-data").body)
+    assert "ami-id" not in md and "tags" not in md
+    assert md["region"] == "zone-b"  # a zone not in AWS style is its own region

@@ -86,6 +86,12 @@ class FakeWriter:
     async def delete_meta(self, instance_id: str, cls: str, key: str) -> None:
         await self._do("delete_meta", instance_id, cls, key)
 
+    async def put_meta(self, instance_id: str, cls: str, key: str, value: bytes) -> None:
+        await self._do("put_meta", instance_id, cls, key, value.decode())
+
+    async def disable(self, instance_id: str) -> None:
+        await self._do("disable", instance_id)
+
     async def put_guest_data(self, instance_id: str, key: str, value: bytes) -> None:
         await self._do("put_guest", instance_id, key, value.decode())
 

@@ -257,8 +257,10 @@ async def test_rate_limit_per_vm(source: FakeSource) -> None:
     ("PUT", "/latest/meta-data/hostname", "GET, HEAD"),
     ("DELETE", "/openstack/latest/password", "GET, HEAD, POST"),
     ("GET", "/interceptor/v1/meta/public/k", None),  # a read path: renderer's 404
-    ("POST", "/interceptor/v1/meta/public/k", "DELETE"),
-    ("POST", "/interceptor/v1/guest-data/k", "PUT, DELETE"),
+    ("POST", "/interceptor/v1/meta/public/k", "GET, HEAD, PUT, DELETE"),
+    ("POST", "/interceptor/v1/guest-data/k", "GET, HEAD, PUT, DELETE"),
+    ("GET", "/interceptor/v1/disable", None),
+    ("PUT", "/interceptor/v1/disable", "POST"),
 ])
 async def test_other_methods_405(env: Env, method: str, path: str, allow: str | None) -> None:
     r = await env.call(method, path)
@@ -303,6 +305,36 @@ async def test_delete_meta_key(env: Env) -> None:
     assert r.status == 204 and env.writer.calls == [("delete_meta", IID, "public", "role")]
     r = await env.call("DELETE", "/interceptor/v1/meta/private/role")
     assert r.status == 405  # private keys are not the guest's
+
+
+async def test_put_meta_key_needs_guest_writes(source: FakeSource) -> None:
+    env = Env(with_doc(source, guest_writes=False))
+    r = await env.call("PUT", "/interceptor/v1/meta/restricted/result", body=b"done")
+    assert r.status == 403 and env.writer.calls == []
+    env = Env(with_doc(source, guest_writes=True))
+    r = await env.call("PUT", "/interceptor/v1/meta/restricted/result", body=b"done")
+    assert r.status == 204
+    assert env.writer.calls == [("put_meta", IID, "restricted", "result", "done")]
+    assert env.cache.peek(IID) is None  # read-your-writes
+    r = await env.call("PUT", "/interceptor/v1/meta/system/result", body=b"x")
+    assert r.status == 405
+
+
+async def test_disable_goes_to_the_backend(env: Env) -> None:
+    r = await env.call("POST", "/interceptor/v1/disable")
+    assert r.status == 204 and env.writer.calls == [("disable", IID)]
+    env.writer.error = BackendUnavailable("down")  # type: ignore[assignment]
+    assert (await env.call("POST", "/interceptor/v1/disable")).status == 503
+
+
+async def test_guest_reads_back_its_data_and_parts(source: FakeSource) -> None:
+    env = Env(with_doc(source, guest_data={"result": "42"}))
+    r = await env.call("GET", "/interceptor/v1/guest-data/")
+    assert (r.status, r.body) == (200, b"result")
+    r = await env.call("GET", "/interceptor/v1/guest-data/result")
+    assert (r.status, r.body) == (200, b"42")
+    r = await env.call("GET", "/interceptor/v1/user-data/")
+    assert r.status == 200 and r.body.splitlines() == [b"user", b"platform.sh"]
 
 
 async def test_guest_data_needs_guest_writes(source: FakeSource) -> None:

@@ -12,7 +12,7 @@ def test_surface_of() -> None:
     assert surface_of("/openstack/latest/meta_data.json") == "openstack"
     assert surface_of("/nocloud/meta-data") == "nocloud"
     assert surface_of("/metadata") == "xml"
-    assert surface_of("/interceptor/v1/guest-data/k") == "write"
+    assert surface_of("/interceptor/v1/guest-data/k") == "interceptor"
     assert surface_of("/favicon.ico") == "other"
 
 
