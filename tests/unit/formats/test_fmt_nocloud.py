@@ -45,7 +45,7 @@ def test_seed_of_normal_doc(load_doc: Callable[[str], InstanceDocument], fetcher
         "ami-id": "img-1",
         "launch-index": 0,
         "public-keys": [k["key"] for k in doc["ssh_keys"]],
-        "tags": ["0=key=y", "Name=vm one", "bad/key=x", "role=web"],
+        "tags": ["role=web", "Name=vm one", "bad/key=x", "0=key=y"],
     }
     assert ud == render_path(doc, "/latest/user-data").body
     paths = ci_helpers.Paths({"cloud_dir": str(tmp_path)})
