@@ -319,10 +319,7 @@ class GuestConnection:
             self._set_ttl(response.ip_ttl)
         elif self._ttl_override:
             self._maybe_restore_ttl()
-        if keep:
-            conn = b"Connection: keep-alive\r\n\r\n" if request.http10 else b"\r\n"
-        else:
-            conn = b"Connection: close\r\n\r\n"
+        conn = b"\r\n" if keep else b"Connection: close\r\n\r\n"
         head = response.head_bytes() + self._server._date_server() + conn
         if request.method == "HEAD" or not response.body:
             self._write(head)

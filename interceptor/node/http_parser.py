@@ -19,13 +19,16 @@ disagree with the node about what was asked:
 * bodies only by ``Content-Length`` (one header, digits only);
   ``Transfer-Encoding`` gets 411 (or 400 together with Content-Length);
 * a request that cannot be followed by another on the same connection in
-  llhttp's view (``Connection: close``, HTTP/1.0 without keep-alive, any
-  ``Upgrade``) ends the connection after its answer.
+  llhttp's or h11's view (``Connection: close``; any HTTP/1.0 request, as
+  h11 has no HTTP/1.0 keep-alive; any ``Upgrade``) ends the connection
+  after its answer; an ``Upgrade`` with a body is 400 (llhttp reads no
+  body there).
 
-Empty lines (CRLF) before a request line are skipped (RFC 9112 §2.2) but
-count against the head size and do not restart the header deadline
-(``http_connection.py``). Bytes that do not start like a method (TLS,
-binary) close the connection silently (status 0).
+Empty lines before a request line are refused (400): RFC 9112 §2.2 lets
+a server skip them, llhttp does, h11 refuses them, so refusing is the one
+choice both agree with (and a stream of empty lines cannot keep a
+connection in "no request yet"). Bytes that do not start like a method
+(TLS, binary) close the connection silently (status 0).
 """
 
 from __future__ import annotations
@@ -67,30 +70,27 @@ class RequestReader:
     whose body is not (the connection may send ``100 Continue`` for it).
     """
 
-    __slots__ = ("_body_needed", "_skipped", "buf", "limits", "pending")
+    __slots__ = ("_body_needed", "buf", "limits", "pending")
 
     def __init__(self, limits: HttpLimits) -> None:
         self.limits = limits
         self.buf = bytearray()
         self.pending: Request | None = None
         self._body_needed = 0
-        self._skipped = 0  # empty lines skipped before the current request line
 
     def feed(self, data: bytes) -> None:
         self.buf += data
 
     @property
     def idle(self) -> bool:
-        """Nothing of a next request has arrived (not even an empty line)."""
-        return not self.buf and self.pending is None and not self._skipped
+        """Nothing of a next request has arrived."""
+        return not self.buf and self.pending is None
 
     def next_request(self, eof: bool = False) -> Request | None:
         request = self.pending
         if request is None:
             request = self._parse_head()
             if request is None:
-                if eof and self._skipped:
-                    self._skipped = 0  # empty lines then EOF: nothing was asked
                 return None
         need = self._body_needed
         if need:
@@ -111,19 +111,12 @@ class RequestReader:
         limits = self.limits
         if not buf:
             return None
-        while buf[:2] == b"\r\n":  # RFC 9112 2.2: empty lines before a request line
-            del buf[:2]
-            self._skipped += 2
-        if self._skipped > limits.max_head_bytes:
-            raise ProtocolError(431, "head too large")
-        if not buf or buf == b"\r":
-            return None
         first = buf[0]
         if not (65 <= first <= 90 or 97 <= first <= 122):
             if first in (13, 10):
-                raise ProtocolError(400, "bare CR or LF")
+                raise ProtocolError(400, "empty line before request line")
             raise ProtocolError(0, "garbage")  # not an HTTP method: TLS, binary …
-        room = limits.max_head_bytes - self._skipped
+        room = limits.max_head_bytes
         end = buf.find(b"\r\n\r\n", 0, room + 4)
         if end < 0:
             bare = _BARE_LF.search(buf)
@@ -138,7 +131,6 @@ class RequestReader:
             raise ProtocolError(400, "bare CR or LF")
         head = buf[:end].decode("latin-1")
         del buf[:end + 4]
-        self._skipped = 0
         return self._parse(head)
 
     def _parse(self, head: str) -> Request:
@@ -238,13 +230,13 @@ class RequestReader:
             body_length = int(value)
             if body_length > self.limits.max_body_bytes:
                 raise ProtocolError(413, "body too large")
-        connection = headers.get("connection", "").lower()
-        if "close" in connection:
-            keep_alive = False
-        else:
-            keep_alive = not http10 or "keep-alive" in {
-                token.strip(" \t") for token in connection.split(",")}
+        # HTTP/1.0 keep-alive is not offered: h11 has none, llhttp has it.
+        keep_alive = not http10 and "close" not in headers.get("connection", "").lower()
         if "upgrade" in headers:
-            keep_alive = False  # llhttp hands the rest of the stream to another protocol
+            # llhttp hands everything after such a head to another protocol: no
+            # body of ours may follow it, and no next request.
+            if body_length:
+                raise ProtocolError(400, "body with Upgrade")
+            keep_alive = False
         self._body_needed = body_length
         return Request(method, target, path, query, http10, headers, keep_alive)
