@@ -159,7 +159,9 @@ async def delete_meta_key(request: web.Request) -> web.Response:
     ctx, node = await _node(request, iid)
     if cls not in ("public", "restricted"):
         raise BadRequest("a guest may delete public or restricted keys only")
-    await _bound(ctx, node, iid)
+    server = await _bound(ctx, node, iid)
+    if not server.data["spec"]["guest_writes"]:  # the owner's data: opt-in only
+        raise Forbidden("this server does not allow guest writes")
     _write_allowed(ctx, iid)
 
     def mutate(r: base.Record) -> tuple[list[base.Put | base.Delete], base.Change]:

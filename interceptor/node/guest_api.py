@@ -33,7 +33,8 @@ Statuses (every one is covered by tests):
   ``POST /openstack/{latest|YYYY-MM-DD}/password`` (≤ 1020 bytes, else 413;
   already set → 409; success → 200 as Nova answers),
   ``DELETE /interceptor/v1/meta/{public|restricted}/{key}`` → 204 (the
-  guest consumes a server metadata key; 404 when absent),
+  guest consumes a server metadata key; 404 when absent; 403 unless the
+  server allows guest writes, as it changes the owner's data),
   ``PUT|DELETE /interceptor/v1/guest-data/{key}`` → 204 (403 unless the
   server allows guest writes; 404 deleting an absent key).
 * Any other method → 405 with ``Allow``.
@@ -42,7 +43,10 @@ Statuses (every one is covered by tests):
   answers as soon as the rendered response's ETag differs from ``E`` (at
   once if it already does; without ``last_etag`` the ETag at request
   time), else after N seconds with the current response. Waiters sleep
-  on the cache's per-instance change event; none polls the backend.
+  on the cache's per-instance change event; none polls the backend. The
+  request is authorised again on every wake-up and when its token expires:
+  an expired token, ``require_token`` switched on or the VM disabled ends
+  the wait with 401/403.
 """
 
 from __future__ import annotations
@@ -276,6 +280,7 @@ class GuestApi:
         deadline = loop.time() + timeout
         snap = await self._document(iid)
         self._authorize(iid, request, snap.document)
+        token = request.headers.get(TOKEN_HEADER)
         response, etag = self._rendered(snap, request.path)
         last = params.get("last_etag", [None])[0]
         baseline = _strip_etag(last) if last is not None else _strip_etag(etag)
@@ -283,10 +288,12 @@ class GuestApi:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
+            left = self._tokens.seconds_left(token) if token is not None else None
+            if left is not None:  # wake when the token expires, to refuse it then
+                remaining = min(remaining, max(left, 0.0) + 0.05)
             await self._cache.wait_change(iid, snap, remaining)
             snap = await self._document(iid)
-            if not snap.document["metadata_enabled"]:
-                raise _Refused(self._disabled, "disabled")
+            self._authorize(iid, request, snap.document)
             response, etag = self._rendered(snap, request.path)
         return response
 
@@ -358,6 +365,8 @@ class GuestApi:
                 key = meta.group(2)
                 if len(key) > MAX_KEY_CHARS:
                     return self._bad_request
+                if not snap.document["guest_writes"]:
+                    return self._forbidden
                 await self._writer.delete_meta(iid, meta.group(1), key)
                 status = 204
             else:
