@@ -81,7 +81,7 @@ async def test_https_backend_refused_without_its_ca(https_backend: tuple[str, Pa
     for ca_file in (None, str(make_ca(other))):
         client = BackendClient(url, NODE, TOKEN, KEY, ca_file=ca_file)
         try:
-            with pytest.raises(BackendUnavailable, match="(?i)certificate"):
+            with pytest.raises(BackendUnavailable, match=r"(?i)certificate"):
                 await client.bindings()
         finally:
             await client.close()
