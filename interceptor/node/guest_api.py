@@ -27,7 +27,8 @@ Statuses (every one is covered by tests):
   "403"), or the connection is reset without a byte ("reset", the default).
 * No usable document (backend unreachable past stale-if-error, or the
   instance is not bound here) → 503 with ``Retry-After``.
-* Per-VM request rate over the limit → 429 with ``Retry-After``.
+* Per-VM request rate over the limit → 429 with ``Retry-After``; that
+  connection then reads nothing for ``THROTTLE_HOLD`` seconds.
 * Writes, all through the backend, durable before a 2xx, never a local
   success when the backend is down (→ 503):
   ``POST /openstack/{latest|YYYY-MM-DD}/password`` (≤ 1020 bytes, else 413;
@@ -92,6 +93,8 @@ _PASSWORD = re.compile(r"/openstack/(latest|\d{4}-\d{2}-\d{2})/password/?\Z")
 _META_KEY = re.compile(r"/interceptor/v1/meta/(public|restricted)/([^/]+)\Z")
 _GUEST_DATA = re.compile(r"/interceptor/v1/guest-data/([^/]+)\Z")
 _READ_ALLOW = "GET, HEAD"
+THROTTLE_HOLD = 1.0
+"""Seconds a connection that got 429 reads nothing more (clients wait Retry-After anyway)."""
 
 
 class GuestWriter(Protocol):
@@ -166,6 +169,7 @@ class GuestApi:
         self._read_only = _text(405, "Method Not Allowed", (("Allow", _READ_ALLOW),))
         self._token_only = _text(405, "Method Not Allowed", (("Allow", "PUT"),))
         self._server_error = _text(500, "Internal Server Error", close=True)
+        self._throttle_memo: dict[int, Response] = {}
 
     # -- entry point --------------------------------------------------------------------
 
@@ -178,8 +182,7 @@ class GuestApi:
             metrics.observe_vm_request(iid)
         limiter = self._limiter
         if limiter is not None and not limiter.allow(iid):
-            response = _text(429, "Too Many Requests",
-                             (("Retry-After", str(limiter.retry_after(iid))),))
+            response = self._throttled(limiter.retry_after(iid))
             self._refusal(iid, "rate_limited")
             return self._observed(request, response, started)
         method = request.method
@@ -405,6 +408,19 @@ class GuestApi:
         return _text(502, "Bad Gateway")
 
     # -- bookkeeping --------------------------------------------------------------------
+
+    def _throttled(self, retry_after: int) -> Response:
+        """429, memoized per Retry-After; the connection then holds still for
+        ``THROTTLE_HOLD`` s, so a flooding VM cannot buy more of the event loop
+        than its budget (bench/isolation.py measures the neighbours' latency)."""
+        response = self._throttle_memo.get(retry_after)
+        if response is None:
+            response = Response(429, b"Too Many Requests\n",
+                                headers=(("Retry-After", str(retry_after)),),
+                                hold=THROTTLE_HOLD)
+            if len(self._throttle_memo) < 64:
+                self._throttle_memo[retry_after] = response
+        return response
 
     def _refusal(self, iid: str, reason: str) -> None:
         if self._metrics is not None:

@@ -52,7 +52,7 @@ class GuestConnection:
     """One guest TCP connection; see the module docstring."""
 
     __slots__ = ("_busy", "_close_after_flush", "_closed", "_closing", "_continue_sent",
-                 "_deadline", "_eof", "_fd", "_in_request", "_listener", "_loop",
+                 "_deadline", "_eof", "_fd", "_held", "_in_request", "_listener", "_loop",
                  "_read_paused", "_reader", "_reading", "_server", "_sock", "_task",
                  "_ttl_override", "_wbytes", "_wqueue", "_writing")
 
@@ -74,6 +74,7 @@ class GuestConnection:
         self._reading = False
         self._writing = False
         self._read_paused = False
+        self._held: asyncio.TimerHandle | None = None  # a throttled connection waits
         self._in_request = True  # the header deadline below runs
         self._continue_sent = False
         self._task: asyncio.Task[None] | None = None
@@ -215,6 +216,9 @@ class GuestConnection:
             self._writing = False
         self._wqueue.clear()
         self._wbytes = 0
+        if self._held is not None:
+            self._held.cancel()
+            self._held = None
         self._sock.close()
         self._listener.connections.discard(self)
         self._server._connections.discard(self)
@@ -234,7 +238,7 @@ class GuestConnection:
             self._in_request = True
             self._deadline = self._loop.time() + self._server.limits.header_timeout
         reader.feed(data)
-        if self._busy or self._write_paused:
+        if self._busy or self._write_paused or self._held is not None:
             limits = self._server.limits
             if len(reader.buf) > limits.max_head_bytes + limits.max_body_bytes:
                 self._read_paused = True
@@ -245,7 +249,8 @@ class GuestConnection:
     def _process(self) -> None:
         """Answer every complete buffered request until one goes async."""
         reader = self._reader
-        while not self._busy and not self._closing and not self._write_paused:
+        while (not self._busy and not self._closing and not self._write_paused
+               and self._held is None):
             try:
                 request = reader.next_request(self._eof)
             except ProtocolError as err:
@@ -260,7 +265,8 @@ class GuestConnection:
             self._dispatch(request)
         if self._closing:
             return
-        if self._read_paused and not self._busy and not self._write_paused:
+        if (self._read_paused and not self._busy and not self._write_paused
+                and self._held is None):
             self._read_paused = False
             self._set_reading(True)
         if not self._busy and self._eof and reader.pending is None and not reader.buf:
@@ -328,11 +334,20 @@ class GuestConnection:
         if not keep:
             self._close()
             return
+        if response.hold > 0:
+            self._set_reading(False)
+            self._read_paused = True
+            self._held = self._loop.call_later(response.hold, self._release)
         # Bytes of the next request already buffered start its header deadline now.
         self._in_request = not self._reader.idle
         limits = self._server.limits
         self._deadline = self._loop.time() + (limits.header_timeout if self._in_request
                                               else limits.idle_timeout)
+
+    def _release(self) -> None:
+        self._held = None
+        if not self._closing and not self._busy:
+            self._process()
 
     def _set_ttl(self, ttl: int) -> None:
         # The TTL of a TCP segment is read when the segment is built, which may be

@@ -126,3 +126,25 @@ async def test_never_reading_pipeliner_holds_shared_bodies_not_copies() -> None:
         for c in clients:
             c.close()
         await server.close()
+
+
+async def test_hold_response_defers_the_connections_next_request() -> None:
+    """A 429 with ``hold``: the connection's next request waits in the kernel."""
+    def handler(identity: Identity, req: Request) -> HandlerResult:
+        if req.path == "/throttle":
+            return Response(429, b"slow down\n", hold=0.5)
+        return Response(200, b"ok")
+
+    server = GuestHttpServer(handler)
+    sock = listening_socket()
+    await server.add_listener(sock, TAP)
+    try:
+        c = await Client.connect(sock.getsockname()[1])
+        started = time.monotonic()
+        await c.send(b"GET /throttle HTTP/1.1\r\n\r\nGET /next HTTP/1.1\r\n\r\n")
+        assert (await c.reply()).status == 429
+        assert (await c.reply()).status == 200
+        assert time.monotonic() - started >= 0.45
+        c.close()
+    finally:
+        await server.close()
