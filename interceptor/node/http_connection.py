@@ -374,7 +374,7 @@ class GuestConnection:
     def _fail(self, err: ProtocolError) -> None:
         self._server._count_error(err.reason if err.status else "garbage")
         if err.status:
-            self._write(error_bytes(err.status))
+            self._write(error_bytes(err.status, self._reader.head_request))
         self._close()
 
     def expired(self, now: float) -> bool:

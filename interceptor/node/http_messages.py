@@ -117,9 +117,11 @@ Handler = Callable[[TapIdentity, Request], HandlerResult]
 """Return a Response to answer at once, or a coroutine for slow paths."""
 
 
-def error_bytes(status: int) -> bytes:
-    """A complete ``Connection: close`` error response (parser refusals, 503 at accept)."""
+def error_bytes(status: int, head: bool = False) -> bytes:
+    """A complete ``Connection: close`` error response (parser refusals, 503 at
+    accept); without the body when it answers a HEAD request."""
     phrase = http.HTTPStatus(status).phrase
     body = f"{phrase}\n".encode()
     return (f"HTTP/1.1 {status} {phrase}\r\nContent-Type: {TEXT_PLAIN}\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + (
+                b"" if head else body)

@@ -10,7 +10,7 @@ disagree with the node about what was asked:
 * lines end in CRLF only; a bare LF or a bare CR anywhere in the head is
   400 (llhttp refuses both);
 * the request line is ``METHOD SP target SP HTTP/1.x``, single spaces; the
-  method is one the node knows (others: 501); the target is origin form or
+  method is one the node knows (others: 405 and close); the target is origin form or
   ``http://`` absolute form, made of RFC 3986 characters only (no
   fragment, no control, space or non-ASCII byte);
 * header names are tokens with the colon right after them (no space
@@ -40,7 +40,8 @@ from interceptor.node.http_messages import TCHARS, Request
 from interceptor.node.limits import HttpLimits
 
 METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"))
-"""Methods parsed at all; the handler answers the ones it does not serve with 405."""
+"""Methods parsed at all; the handler answers the ones it does not serve with 405.
+Parser refusals are 4xx only: a 5xx from the node always means a node fault."""
 
 _TARGET_CHARS = r"[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]+"
 _REQUEST_LINE_RE = re.compile(r"(" + TCHARS + r") (" + _TARGET_CHARS + r") HTTP/1\.([01])")
@@ -70,13 +71,15 @@ class RequestReader:
     whose body is not (the connection may send ``100 Continue`` for it).
     """
 
-    __slots__ = ("_body_needed", "buf", "limits", "pending")
+    __slots__ = ("_body_needed", "buf", "head_request", "limits", "pending")
 
     def __init__(self, limits: HttpLimits) -> None:
         self.limits = limits
         self.buf = bytearray()
         self.pending: Request | None = None
         self._body_needed = 0
+        self.head_request = False
+        """The request being parsed (or refused) is a HEAD: its answer has no body."""
 
     def feed(self, data: bytes) -> None:
         self.buf += data
@@ -111,6 +114,7 @@ class RequestReader:
         limits = self.limits
         if not buf:
             return None
+        self.head_request = buf.startswith(b"HEAD ")
         first = buf[0]
         if not (65 <= first <= 90 or 97 <= first <= 122):
             if first in (13, 10):
@@ -171,7 +175,7 @@ class RequestReader:
         elif version == "HTTP/1.0":
             http10 = True
         elif version.startswith("HTTP/") and len(version) == 8:
-            raise ProtocolError(505, "unsupported HTTP version")
+            raise ProtocolError(400, "unsupported HTTP version")
         else:
             raise ProtocolError(400, "bad request line")
         if re.fullmatch(TCHARS, method) is None:
@@ -196,7 +200,7 @@ class RequestReader:
     def _finish(self, method: str, target: str, http10: bool, headers: dict[str, str],
                 content_lengths: list[str]) -> Request:
         if method not in METHODS:
-            raise ProtocolError(501, "unknown method")
+            raise ProtocolError(405, "unknown method")
         if target[0] == "/":
             origin = target
         elif target[:7].lower() == "http://":

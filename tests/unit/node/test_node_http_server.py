@@ -234,7 +234,7 @@ async def test_expect_100_continue(served: Served) -> None:
     (b"GET / HTTP/1.1\r\nBad Name: a\r\n\r\n", 400),
     (b"GET / HTTP/1.1\r\nNoColon\r\n\r\n", 400),
     (b"GET /  HTTP/1.1\r\n\r\n", 400),
-    (b"GET / HTTP/2.0\r\n\r\n", 505),
+    (b"GET / HTTP/2.0\r\n\r\n", 400),
     (b"GET / FOO\r\n\r\n", 400),
     (b"G(T / HTTP/1.1\r\n\r\n", 400),
     (b"GET * HTTP/1.1\r\n\r\n", 400),
@@ -242,7 +242,7 @@ async def test_expect_100_continue(served: Served) -> None:
     # Bare LF line ends: llhttp refuses them, so the node does too (http_parser.py).
     (b"GET /x HTTP/1.1\nHost: a\n\n", 400),
     (b"GET /x HTTP/1.1\r\nHost: a\n\r\n", 400),
-    (b"BREW /pot HTTP/1.1\r\n\r\n", 501),
+    (b"BREW /pot HTTP/1.1\r\n\r\n", 405),
     # Empty lines before the request line: h11 refuses them, llhttp skips them.
     (b"\r\nGET / HTTP/1.1\r\n\r\n", 400),
 ])
