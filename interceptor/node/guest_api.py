@@ -37,7 +37,9 @@ Statuses (every one is covered by tests):
   guest consumes a server metadata key; 404 when absent; 403 unless the
   server allows guest writes, as it changes the owner's data),
   ``PUT|DELETE /interceptor/v1/guest-data/{key}`` → 204 (403 unless the
-  server allows guest writes; 404 deleting an absent key).
+  server allows guest writes; 404 deleting an absent key). Every write
+  spends the instance's guest-write budget at the backend
+  (``guest_write_rate``); past it → 429, not 503.
 * Any other method → 405 with ``Allow``.
 * Long-polling on any GET path: ``?wait_for_change=true[&last_etag=E]
   [&timeout_sec=N]`` (N default 60, at most ``longpoll_max``, default 300)
@@ -391,6 +393,9 @@ class GuestApi:
         return Response(status)
 
     def _write_error(self, iid: str, exc: BackendError) -> Response:
+        if exc.status == 429:  # the backend's per-instance guest-write budget: the guest's doing
+            self._refusal(iid, "write_rate_limited")
+            return self._throttled(1)
         if isinstance(exc, BackendUnavailable):
             log.warning("guest write of %s failed: %s", iid, exc)
             return self._unavailable

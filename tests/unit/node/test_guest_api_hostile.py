@@ -83,3 +83,17 @@ async def test_longpoll_refused_when_require_token_is_switched_on(source: FakeSo
     env.cache.invalidate(IID)
     r = await asyncio.wait_for(waiter, 5)
     assert r.status == 401 and b"secret-name" not in r.body
+
+
+async def test_regression_post_openstack_latest_password_flood_is_429_not_503(
+        source: FakeSource) -> None:
+    """Found by the e2e fuzzer: a guest over its backend guest-write budget
+    (the backend answers 429) got 503, as if the service had failed."""
+    from interceptor.node.backend_client import BackendUnavailable
+
+    env = Env(source)
+    env.writer.error = BackendUnavailable("backend password answered 429", 429)
+    r = await env.call("POST", "/openstack/latest/password", body=b"pw")
+    assert r.status == 429 and r.header("Retry-After") == "1" and r.hold > 0
+    env.writer.error = BackendUnavailable("backend down")
+    assert (await env.call("POST", "/openstack/latest/password", body=b"pw")).status == 503
