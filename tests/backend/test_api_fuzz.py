@@ -18,7 +18,9 @@ import os
 import random
 import tempfile
 import threading
+import urllib.parse
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,7 @@ from tests.backend.support import ADMIN, NODE_TOKENS, SIGNING_KEY, make_config
 SCALE = int(os.environ.get("INTERCEPTOR_FUZZ_SCALE", "1"))
 schema = schemathesis.openapi.from_dict(build_spec())
 KINDS = ("admin", "owner", "other", "node", "none")
+SEEN: Counter[tuple[str, int]] = Counter()
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance]
 OWNED = {"id": "s-own", "iid": "s-own", "node": "node-a"}
@@ -174,6 +177,7 @@ def test_api_from_its_openapi_document(backend: Backend, kind: str,
     elif kind != "none":
         headers["Authorization"] = f"Bearer {backend.tokens[kind]}"
     response = case.call(base_url=backend.base, headers=headers, timeout=10)
+    SEEN[kind, response.status_code // 100] += 1
     assert response.status_code < 500, (kind, case.method, case.formatted_path, response.text)
     if _forbidden(kind, case.method.upper(), case.path, params):
         assert not 200 <= response.status_code < 300, (
@@ -182,3 +186,10 @@ def test_api_from_its_openapi_document(backend: Backend, kind: str,
     # accepted": the document gives shapes, the API refuses bad values with a
     # 4xx and a JSON reason (tests/backend/test_validation.py).
     case.validate_response(response, checks=CHECKS, headers=headers)
+
+
+def test_every_token_kind_reached_real_objects() -> None:
+    """Runs after the fuzzer (file order): it was not all 401/404s."""
+    for kind in ("admin", "owner", "node"):
+        assert SEEN[kind, 2] > 0, dict(SEEN)
+    assert SEEN["none", 4] > 0 and SEEN["none", 2] <= SEEN["admin", 2], dict(SEEN)
