@@ -97,9 +97,9 @@ class Backend:
             self.call("POST", "/v1/customers", {"id": cid, "name": cid})
         self.tokens["owner"] = self.call("POST", "/v1/customers/c-own/tokens")["token"]
         self.tokens["other"] = self.call("POST", "/v1/customers/c-oth/tokens")["token"]
-        self.call("PUT", "/v1/servers/s-own", {
-            "customer_id": "c-own", "hostname": "own", "guest_writes": True,
-            "bindings": [{"node": "node-a", "ifname": "tap0"}]}, self.tokens["owner"])
+        self.call("PUT", "/v1/servers/s-own", {  # the platform creates and binds it
+            "customer_id": "c-own", "hostname": "own", "guest_writes": True})
+        self.call("PUT", "/v1/servers/s-own/bindings/node-a/tap0")
         self.call("PUT", "/v1/servers/s-own/metadata/private", {"secret": "p"},
                   self.tokens["owner"])
 
@@ -136,6 +136,8 @@ def _forbidden(kind: str, method: str, template: str, params: dict[str, Any]) ->
         return not node_path and template != "/v1/openapi.json"
     if kind in ("owner", "other") and node_path:
         return True
+    if kind in ("owner", "other") and "/bindings" in template and method != "GET":
+        return True  # bindings are the platform's
     if kind == "other":
         owned = params.get("id") == "s-own" and template.startswith("/v1/servers/")
         if owned and method != "GET":

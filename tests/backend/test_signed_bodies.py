@@ -9,7 +9,7 @@ from tests.backend.support import NODE_TOKENS, SIGNING_KEY, Api
 
 async def _scene(api: Api) -> str:
     tok = await api.customer("c1")
-    await api.server("s1", "c1", token=tok, node="node-a", guest_writes=True)
+    await api.server("s1", "c1", node="node-a", guest_writes=True)
     return tok
 
 
