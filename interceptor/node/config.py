@@ -17,7 +17,7 @@ class NodeConfig:
     node_token: str = required("bearer token of this node at the backend")
     signing_key: str = required("platform-wide key that signs node requests")
     backend_ca_file: str | None = opt(
-        None, "PEM CA bundle that verifies an https backend_url (default: system CAs)")
+        None, "PEM CA bundle that verifies an https backend_url (unset or empty: system CAs)")
     datapath: str = opt("nft", "kernel datapath: nft or ebpf")
     tap_patterns: list[str] = opt(
         ["tap*", "vnet*"], "interface name patterns the daemon manages (fail closed)")
@@ -66,7 +66,7 @@ class NodeConfig:
                 f"config: disabled_action must be reset or 403, not {self.disabled_action!r}")
         if not self.backend_url.startswith(("http://", "https://")):
             raise ConfigError(f"config: backend_url must be an http(s) URL: {self.backend_url!r}")
-        if self.backend_ca_file is not None:
+        if self.backend_ca_file:
             if not self.backend_url.startswith("https://"):
                 raise ConfigError("config: backend_ca_file needs an https:// backend_url")
             if not os.access(self.backend_ca_file, os.R_OK):
