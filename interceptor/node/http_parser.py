@@ -10,8 +10,8 @@ disagree with the node about what was asked:
 * lines end in CRLF only; a bare LF or a bare CR anywhere in the head is
   400 (llhttp refuses both);
 * the request line is ``METHOD SP target SP HTTP/1.x``, single spaces; the
-  method is one the node knows (others: 405 and close); the target is origin form or
-  ``http://`` absolute form, made of RFC 3986 characters only (no
+  method is one the node knows (others: 405 and close); the target is
+  origin form or ``http://`` absolute form, visible ASCII only (no ``#``
   fragment, no control, space or non-ASCII byte);
 * header names are tokens with the colon right after them (no space
   before it, no obsolete line folding); values are visible ASCII, space,
@@ -43,10 +43,14 @@ METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")
 """Methods parsed at all; the handler answers the ones it does not serve with 405.
 Parser refusals are 4xx only: a 5xx from the node always means a node fault."""
 
-_TARGET_CHARS = r"[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]+"
+_TARGET_CHARS = r"[\x21\x22\x24-\x7e]+"
+"""Visible ASCII but ``#``: what llhttp and h11 both take, without fragments.
+Wider than RFC 3986 on purpose: clients put quoted ETags (``last_etag="…"``)
+and other unescaped characters in queries."""
 _REQUEST_LINE_RE = re.compile(r"(" + TCHARS + r") (" + _TARGET_CHARS + r") HTTP/1\.([01])")
 _HEADER_RE = re.compile(r"(" + TCHARS + r"):[ \t]*([\t\x20-\x7e\x80-\xff]*?)[ \t]*\Z")
 _HEADER_BLOCK_RE = re.compile(r"(?:" + TCHARS + r":[\t\x20-\x7e\x80-\xff]*\r\n)*")
+_AUTHORITY_RE = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@%\[\]]*")
 _PERCENT_RE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -210,6 +214,8 @@ class RequestReader:
         elif target[:7].lower() == "http://":
             cut = min((i for i in (target.find("/", 7), target.find("?", 7)) if i >= 0),
                       default=len(target))
+            if _AUTHORITY_RE.fullmatch(target, 7, cut) is None:
+                raise ProtocolError(400, "bad target")  # llhttp is strict in the host part
             origin = target[cut:] if target[cut:cut + 1] == "/" else "/" + target[cut:]
         else:
             raise ProtocolError(400, "bad target")

@@ -138,3 +138,23 @@ def test_regression_http10_keep_alive_then_pipelined_request() -> None:
             b"Content-Length: 3\r\n\r\nabcHEAD /openstack/latest/password HTTP/1.1\r\n\r\n")
     assert ours(data) == ([(b"POST", b"/user-data", b"abc")], "closed")
     check(data)
+
+
+def test_regression_long_poll_with_quoted_last_etag() -> None:
+    """Found by tests/e2e/test_live_changes.py: clients put the quoted ETag
+    into the query unescaped; RFC 3986 characters only refused it (400)."""
+    data = b'GET /latest/meta-data/hostname?wait_for_change=true&last_etag="abc"&timeout_sec=5' \
+           b' HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n'
+    found, _ = ours(data)
+    assert found == [(b"GET", data.split(b" ")[1], b"")]
+    check(data)
+
+
+@pytest.mark.parametrize("authority", [b"other.example\\", b"169.254.169.254^", b"o<"])
+def test_regression_absolute_form_with_caret_backslash_or_lt_in_the_host(authority: bytes
+                                                                         ) -> None:
+    """Found by the generator once targets were widened to visible ASCII:
+    llhttp refuses these characters in the authority of an absolute-form target."""
+    data = b"GET HTTP://" + authority + b"/meta-data HTTP/1.1\r\n\r\n"
+    assert ours(data) == ([], "refused")
+    check(data)
