@@ -81,7 +81,9 @@ async def put_meta_key(request: web.Request) -> web.Response:
 async def delete_meta_key(request: web.Request) -> web.Response:
     iid, cls, key = _key_args(request)
     ctx, node = await _node(request, iid)
-    await _bound(ctx, node, iid)
+    server = await _bound(ctx, node, iid)
+    if not server.data["spec"]["guest_writes"]:  # it changes the owner's data: opt-in only
+        raise Forbidden("this server does not allow guest writes")
     _write_allowed(ctx, iid)
     src = await documents.load_sources(ctx.store, iid)
     if src is None:

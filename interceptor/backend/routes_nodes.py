@@ -35,7 +35,7 @@ from interceptor.backend.limits import (
 from interceptor.backend.model import bindings_of, json_size
 from interceptor.backend.objects import put_of, update
 from interceptor.backend.store import base
-from interceptor.common.signing import verify
+from interceptor.common.signing import body_matches, verify
 
 
 async def _node(request: web.Request, instance: str = "") -> tuple[Backend, str]:
@@ -51,6 +51,14 @@ async def _node(request: web.Request, instance: str = "") -> tuple[Backend, str]
     if signed is None or signed != (node, instance):
         raise Unauthorized("missing, invalid or stale request signature")
     return ctx, node
+
+
+async def _signed_body(request: web.Request, limit: int) -> bytes:
+    """The body of a ``_node``-checked request, if it is the one the node signed."""
+    raw = await read_body(request, limit)
+    if not body_matches(request.headers, raw):
+        raise Unauthorized("the body does not match its signed digest")
+    return raw
 
 
 def _write_allowed(ctx: Backend, iid: str) -> None:
@@ -139,7 +147,7 @@ async def set_password(request: web.Request) -> web.Response:
     ctx, node = await _node(request, iid)
     await _bound(ctx, node, iid)
     _write_allowed(ctx, iid)
-    raw = await read_body(request, MAX_PASSWORD_BYTES)
+    raw = await _signed_body(request, MAX_PASSWORD_BYTES)
     try:
         password = raw.decode()
     except UnicodeDecodeError:
@@ -165,7 +173,7 @@ async def guest_data(request: web.Request) -> web.Response:
         raise BadRequest(f"guest-data key must be 1-{MAX_KEY_CHARS} characters")
     value: str | None = None
     if request.method == "PUT":
-        raw = await read_body(request, MAX_GUEST_VALUE_BYTES)
+        raw = await _signed_body(request, MAX_GUEST_VALUE_BYTES)
         try:
             value = raw.decode()
         except UnicodeDecodeError:

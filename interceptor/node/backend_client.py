@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 import time
 import uuid
 from dataclasses import dataclass
@@ -121,6 +122,11 @@ _ERRORS: dict[int, type[BackendRejected]] = {403: NotBound, 404: NotFound, 409: 
                                             413: TooLarge}
 
 
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
+"""Largest backend answer the node reads (the backend's documents are capped
+far below: ``max_document_bytes``)."""
+
+
 class BackendClient:
     """The node's view of the backend. One instance per daemon; ``close()`` at exit.
 
@@ -133,7 +139,9 @@ class BackendClient:
     def __init__(self, base_url: str, node: str, node_token: str,
                  signing_key: str | bytes, *, timeout: float = 5.0,
                  connect_timeout: float = 2.0, metrics: NodeMetrics | None = None,
-                 session: aiohttp.ClientSession | None = None) -> None:
+                 session: aiohttp.ClientSession | None = None,
+                 max_answer_bytes: int = MAX_ANSWER_BYTES,
+                 ca_file: str | None = None) -> None:
         self._base = base_url.rstrip("/")
         self.node = node
         self._token = node_token
@@ -143,12 +151,17 @@ class BackendClient:
         self._metrics = metrics
         self._session = session
         self._own_session = session is None
+        self._max_answer = max_answer_bytes
+        # https: the system's CAs, or the operator's private CA (``backend_ca_file``).
+        self._tls = (ssl.create_default_context(cafile=ca_file)
+                     if self._base.startswith("https://") else None)
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             # A guest-facing outage must not queue forever behind one slow backend
             # host: limit open connections but keep them alive between calls.
-            connector = aiohttp.TCPConnector(limit=64, keepalive_timeout=30)
+            connector = aiohttp.TCPConnector(limit=64, keepalive_timeout=30,
+                                             ssl=self._tls if self._tls is not None else True)
             self._session = aiohttp.ClientSession(connector=connector, trust_env=False,
                                                   auto_decompress=True)
             self._own_session = True
@@ -169,7 +182,7 @@ class BackendClient:
         request_id = uuid.uuid4().hex
         hdrs = {"Authorization": f"Bearer {self._token}", HEADER_REQUEST_ID: request_id,
                 "Accept": "application/json"}
-        hdrs.update(sign(self._key, self.node, instance, method, path))
+        hdrs.update(sign(self._key, self.node, instance, method, path, body=body or b""))
         if headers:
             hdrs.update(headers)
         if body is not None:
@@ -183,7 +196,12 @@ class BackendClient:
             async with self._client().request(method, url, data=body, headers=hdrs,
                                               timeout=client_timeout,
                                               allow_redirects=False) as resp:
-                payload = await resp.read()
+                # Bounded, after decompression too: a broken or hostile backend
+                # (or proxy) cannot make the node buffer an endless answer.
+                payload = await resp.content.read(self._max_answer + 1)
+                if len(payload) > self._max_answer:
+                    raise BackendUnavailable(
+                        f"backend {op} answer exceeds {self._max_answer} bytes")
                 status = resp.status
                 resp_headers = {k: v for k, v in resp.headers.items()}
             outcome = str(status)

@@ -19,9 +19,12 @@ fake in tests) and adds:
   arrives or the instance is forgotten — waiters never poll the backend;
 * a small memo per document revision (``CachedDocument.memo_*``) where the
   guest API keeps ready responses, so a cache hit costs a dict lookup;
-* bounded memory: the memo has a byte and entry budget per document (large
-  bodies such as user-data are rendered per request instead), and
-  documents not used for ``idle_evict`` seconds are dropped. Measured: 1000
+* bounded memory: the memo has a byte and entry budget per document;
+  responses larger than its per-entry limit (user-data, ``/metadata`` of a
+  big document) go to one node-wide ``LargeMemo`` with its own byte budget
+  (LRU), so a VM asking for them at its full rate costs dict lookups, not a
+  render per request on the one event loop; documents not used for
+  ``idle_evict`` seconds are dropped. Measured: 1000
   VMs with a typical document and ~40 paths each ≈ 40 MiB over the
   baseline; with the largest test document (180 KB of JSON) the documents
   themselves dominate (~1000 x 0.2 MB).
@@ -37,6 +40,7 @@ import contextlib
 import logging
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -61,34 +65,72 @@ class DocumentSource(Protocol):
                        ) -> FetchedDocument | None: ...
 
 
+class LargeMemo:
+    """Node-wide LRU of large memoized responses, bounded in bytes and per entry."""
+
+    def __init__(self, max_bytes: int = 16 * 1024 * 1024, max_entry: int = 1024 * 1024) -> None:
+        self.max_bytes = max_bytes
+        self.max_entry = max_entry
+        self._entries: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
+        self.bytes = 0
+
+    def get(self, key: Any) -> Any:
+        hit = self._entries.get(key)
+        if hit is None:
+            return None
+        self._entries.move_to_end(key)
+        return hit[0]
+
+    def put(self, key: Any, value: Any, size: int) -> None:
+        if size > self.max_entry or key in self._entries:
+            return
+        self._entries[key] = (value, size)
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, (_, dropped) = self._entries.popitem(last=False)
+            self.bytes -= dropped
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 class CachedDocument:
     """One revision of one instance's document, immutable except for its memo."""
 
-    __slots__ = ("_memo", "_memo_budget", "_memo_bytes", "document", "etag", "revision")
+    __slots__ = ("_large", "_memo", "_memo_budget", "_memo_bytes", "document", "etag",
+                 "revision")
 
     def __init__(self, document: InstanceDocument, etag: str,
-                 memo_budget: tuple[int, int, int] = (64 * 1024, 128, 16 * 1024)) -> None:
+                 memo_budget: tuple[int, int, int] = (64 * 1024, 128, 16 * 1024),
+                 large: LargeMemo | None = None) -> None:
         self.document = document
         self.etag = etag
         self.revision = document["revision"]
         self._memo: dict[Any, Any] = {}
         self._memo_bytes = 0
         self._memo_budget = memo_budget
+        self._large = large
 
     @property
     def instance_id(self) -> str:
         return self.document["instance_id"]
 
     def memo_get(self, key: Any) -> Any:
-        return self._memo.get(key)
+        value = self._memo.get(key)
+        if value is None and self._large is not None and self._large.bytes:
+            value = self._large.get((self.instance_id, self.etag, key))
+        return value
 
     def memo_put(self, key: Any, value: Any, size: int) -> None:
-        """Remember ``value`` unless it is large or the memo's byte or entry
-        budget is spent (then it is simply not kept: a guest asking for
-        endless distinct paths costs renders, not memory)."""
+        """Remember ``value`` unless the memo's byte or entry budget is spent
+        (then it is simply not kept: a guest asking for endless distinct paths
+        costs renders, not memory). Large values go to the node-wide memo."""
         max_bytes, max_entries, max_entry = self._memo_budget
-        if (size > max_entry or len(self._memo) >= max_entries
-                or self._memo_bytes + size > max_bytes):
+        if size > max_entry:
+            if self._large is not None:
+                self._large.put((self.instance_id, self.etag, key), value, size)
+            return
+        if len(self._memo) >= max_entries or self._memo_bytes + size > max_bytes:
             return
         self._memo[key] = value
         self._memo_bytes += size
@@ -123,6 +165,7 @@ class DocumentCache:
                  refresh_ahead: float = 0.8, idle_evict: float = 900.0,
                  memo_bytes: int = 64 * 1024, memo_entries: int = 128,
                  memo_entry_bytes: int = 16 * 1024,
+                 large_memo: LargeMemo | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  metrics: NodeMetrics | None = None,
                  rng: random.Random | None = None) -> None:
@@ -133,6 +176,7 @@ class DocumentCache:
         self._refresh_ahead = refresh_ahead
         self._idle_evict = idle_evict
         self._memo_budget = (memo_bytes, memo_entries, memo_entry_bytes)
+        self.large_memo = large_memo if large_memo is not None else LargeMemo()
         self._clock = clock
         self._metrics = metrics
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
@@ -239,7 +283,8 @@ class DocumentCache:
                 raise BackendUnavailable("backend answered 304 without a cached document")
             doc = current
         else:
-            doc = CachedDocument(fetched.document, fetched.etag, self._memo_budget)
+            doc = CachedDocument(fetched.document, fetched.etag, self._memo_budget,
+                                 self.large_memo)
         slot.error_until = 0.0
         slot.validated_at = now
         slot.refresh_at = now + self.ttl * self._refresh_ahead * self._rng.uniform(0.9, 1.0)

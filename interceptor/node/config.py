@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import os
 from dataclasses import dataclass
 
 from interceptor.common.config import opt, required
@@ -12,9 +13,11 @@ from interceptor.common.errors import ConfigError
 @dataclass
 class NodeConfig:
     node_name: str = required("this compute node's name, as bindings name it")
-    backend_url: str = required("central backend, e.g. http://127.0.0.1:8700")
+    backend_url: str = required("central backend, e.g. https://backend.example:8700")
     node_token: str = required("bearer token of this node at the backend")
     signing_key: str = required("platform-wide key that signs node requests")
+    backend_ca_file: str | None = opt(
+        None, "PEM CA bundle that verifies an https backend_url (unset or empty: system CAs)")
     datapath: str = opt("nft", "kernel datapath: nft or ebpf")
     tap_patterns: list[str] = opt(
         ["tap*", "vnet*"], "interface name patterns the daemon manages (fail closed)")
@@ -63,6 +66,12 @@ class NodeConfig:
                 f"config: disabled_action must be reset or 403, not {self.disabled_action!r}")
         if not self.backend_url.startswith(("http://", "https://")):
             raise ConfigError(f"config: backend_url must be an http(s) URL: {self.backend_url!r}")
+        if self.backend_ca_file:
+            if not self.backend_url.startswith("https://"):
+                raise ConfigError("config: backend_ca_file needs an https:// backend_url")
+            if not os.access(self.backend_ca_file, os.R_OK):
+                raise ConfigError(
+                    f"config: backend_ca_file is not a readable file: {self.backend_ca_file!r}")
         if not self.tap_patterns:
             raise ConfigError("config: tap_patterns must name at least one pattern")
         if self.log_format not in ("text", "json"):

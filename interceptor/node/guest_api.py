@@ -27,7 +27,8 @@ Statuses (every one is covered by tests):
   "403"), or the connection is reset without a byte ("reset", the default).
 * No usable document (backend unreachable past stale-if-error, or the
   instance is not bound here) → 503 with ``Retry-After``.
-* Per-VM request rate over the limit → 429 with ``Retry-After``.
+* Per-VM request rate over the limit → 429 with ``Retry-After``; that
+  connection then reads nothing for ``THROTTLE_HOLD`` seconds.
 * Writes, all through the backend, durable before a 2xx, never a local
   success when the backend is down (→ 503):
   ``POST /openstack/{latest|YYYY-MM-DD}/password`` (≤ 1020 bytes, else 413;
@@ -36,17 +37,23 @@ Statuses (every one is covered by tests):
   sets a key of its server's class; 403 unless the server allows guest
   writes), ``DELETE /interceptor/v1/meta/{public|restricted}/{key}`` → 204
   (the guest consumes the key: gone from every view it has; 404 when
-  absent), ``POST /interceptor/v1/disable`` → 204 (the guest switches its
+  absent; 403 unless the server allows guest writes, as it changes the
+  owner's data), ``POST /interceptor/v1/disable`` → 204 (the guest switches its
   own metadata off; only the owner switches it back on),
   ``PUT|DELETE /interceptor/v1/guest-data/{key}`` → 204 (403 unless the
-  server allows guest writes; 404 deleting an absent key).
+  server allows guest writes; 404 deleting an absent key). Every write
+  spends the instance's guest-write budget at the backend
+  (``guest_write_rate``); past it → 429, not 503.
 * Any other method → 405 with ``Allow``.
 * Long-polling on any GET path: ``?wait_for_change=true[&last_etag=E]
   [&timeout_sec=N]`` (N default 60, at most ``longpoll_max``, default 300)
   answers as soon as the rendered response's ETag differs from ``E`` (at
   once if it already does; without ``last_etag`` the ETag at request
   time), else after N seconds with the current response. Waiters sleep
-  on the cache's per-instance change event; none polls the backend.
+  on the cache's per-instance change event; none polls the backend. The
+  request is authorised again on every wake-up and when its token expires:
+  an expired token, ``require_token`` switched on or the VM disabled ends
+  the wait with 401/403.
 """
 
 from __future__ import annotations
@@ -93,6 +100,8 @@ _META_KEY = re.compile(r"/interceptor/v1/meta/(public|restricted)/([^/]+)\Z")
 _GUEST_DATA = re.compile(r"/interceptor/v1/guest-data/([^/]+)\Z")
 _DISABLE = re.compile(r"/interceptor/v1/disable/?\Z")
 _READ_ALLOW = "GET, HEAD"
+THROTTLE_HOLD = 1.0
+"""Seconds a connection that got 429 reads nothing more (clients wait Retry-After anyway)."""
 
 
 class GuestWriter(Protocol):
@@ -171,6 +180,7 @@ class GuestApi:
         self._read_only = _text(405, "Method Not Allowed", (("Allow", _READ_ALLOW),))
         self._token_only = _text(405, "Method Not Allowed", (("Allow", "PUT"),))
         self._server_error = _text(500, "Internal Server Error", close=True)
+        self._throttle_memo: dict[int, Response] = {}
 
     # -- entry point --------------------------------------------------------------------
 
@@ -183,8 +193,7 @@ class GuestApi:
             metrics.observe_vm_request(iid)
         limiter = self._limiter
         if limiter is not None and not limiter.allow(iid):
-            response = _text(429, "Too Many Requests",
-                             (("Retry-After", str(limiter.retry_after(iid))),))
+            response = self._throttled(limiter.retry_after(iid))
             self._refusal(iid, "rate_limited")
             return self._observed(request, response, started)
         method = request.method
@@ -285,6 +294,7 @@ class GuestApi:
         deadline = loop.time() + timeout
         snap = await self._document(iid)
         self._authorize(iid, request, snap.document)
+        token = request.headers.get(TOKEN_HEADER)
         response, etag = self._rendered(snap, request.path)
         last = params.get("last_etag", [None])[0]
         baseline = _strip_etag(last) if last is not None else _strip_etag(etag)
@@ -292,10 +302,12 @@ class GuestApi:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
+            left = self._tokens.seconds_left(token) if token is not None else None
+            if left is not None:  # wake when the token expires, to refuse it then
+                remaining = min(remaining, max(left, 0.0) + 0.05)
             await self._cache.wait_change(iid, snap, remaining)
             snap = await self._document(iid)
-            if not snap.document["metadata_enabled"]:
-                raise _Refused(self._disabled, "disabled")
+            self._authorize(iid, request, snap.document)
             response, etag = self._rendered(snap, request.path)
         return response
 
@@ -371,9 +383,9 @@ class GuestApi:
                 key = meta.group(2)
                 if len(key) > MAX_KEY_CHARS:
                     return self._bad_request
+                if not snap.document["guest_writes"]:
+                    return self._forbidden
                 if method == "PUT":
-                    if not snap.document["guest_writes"]:
-                        return self._forbidden
                     await self._writer.put_meta(iid, meta.group(1), key, request.body)
                 else:
                     await self._writer.delete_meta(iid, meta.group(1), key)
@@ -397,6 +409,9 @@ class GuestApi:
         return Response(status)
 
     def _write_error(self, iid: str, exc: BackendError) -> Response:
+        if exc.status == 429:  # the backend's per-instance guest-write budget: the guest's doing
+            self._refusal(iid, "write_rate_limited")
+            return self._throttled(1)
         if isinstance(exc, BackendUnavailable):
             log.warning("guest write of %s failed: %s", iid, exc)
             return self._unavailable
@@ -414,6 +429,19 @@ class GuestApi:
         return _text(502, "Bad Gateway")
 
     # -- bookkeeping --------------------------------------------------------------------
+
+    def _throttled(self, retry_after: int) -> Response:
+        """429, memoized per Retry-After; the connection then holds still for
+        ``THROTTLE_HOLD`` s, so a flooding VM cannot buy more of the event loop
+        than its budget (bench/isolation.py measures the neighbours' latency)."""
+        response = self._throttle_memo.get(retry_after)
+        if response is None:
+            response = Response(429, b"Too Many Requests\n",
+                                headers=(("Retry-After", str(retry_after)),),
+                                hold=THROTTLE_HOLD)
+            if len(self._throttle_memo) < 64:
+                self._throttle_memo[retry_after] = response
+        return response
 
     def _refusal(self, iid: str, reason: str) -> None:
         if self._metrics is not None:

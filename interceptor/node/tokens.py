@@ -90,6 +90,16 @@ class TokenIssuer:
         payload = _PAYLOAD.pack(_VERSION, expiry, secrets.token_bytes(8))
         return _b64(payload) + "." + _b64(self._mac(instance_id, payload))
 
+    def seconds_left(self, token: str) -> float | None:
+        """Seconds until a token ``check`` found valid expires (None if malformed).
+        Long-polls use it to re-check their token when it expires."""
+        try:
+            payload = _unb64(token.partition(".")[0])
+            _version, expiry, _nonce = _PAYLOAD.unpack(payload)
+        except (binascii.Error, ValueError, struct.error):
+            return None
+        return float(expiry) - self._clock()
+
     def check(self, token: str, instance_id: str) -> TokenStatus:
         """Validate ``token`` for ``instance_id`` (constant-time MAC compare)."""
         if len(token) > _MAX_TOKEN_CHARS or token.count(".") != 1:

@@ -112,7 +112,8 @@ class Api:
                    headers: dict[str, str] | None = None, key: str = SIGNING_KEY,
                    timestamp: int | None = None) -> Reply:
         full = f"/v1/nodes/{node}{path}"
-        hdrs = sign(key.encode(), node, instance, method, full, timestamp)
+        body = data.encode() if isinstance(data, str) else (data or b"")
+        hdrs = sign(key.encode(), node, instance, method, full, timestamp, body=body)
         hdrs.update(headers or {})
         return await self.call(method, full, NODE_TOKENS[node] if token is None else token,
                                data=data, headers=hdrs)

@@ -42,7 +42,7 @@ async def test_guest_put_needs_guest_writes_then_lands_in_server_meta(api: Api) 
 
 
 async def test_delete_shadows_the_key_on_every_object(api: Api) -> None:
-    tok = await _scene(api)
+    tok = await _scene(api, guest_writes=True)  # a delete changes the owner's data: opt-in
     for obj in ("/v1/customers/c1", "/v1/images/img", "/v1/servers/s1"):
         r = await api.call("PATCH", obj + "/metadata/public", ADMIN,
                            json_body={"bootstrap": f"token-from-{obj.split('/')[2]}"})

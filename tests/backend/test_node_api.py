@@ -74,6 +74,9 @@ async def test_guest_deletes_a_consumed_key(api: Api) -> None:
     await api.call("PATCH", "/v1/servers/s1/metadata/restricted", tok,
                    json_body={"bootstrap": "one-time", "keep": "k"})
     r = await api.node("DELETE", "node-a", "/instances/s1/meta/restricted/bootstrap", "s1")
+    assert r.status == 403  # deleting the owner's keys needs the guest_writes opt-in
+    await api.call("PATCH", "/v1/servers/s1", tok, json_body={"guest_writes": True})
+    r = await api.node("DELETE", "node-a", "/instances/s1/meta/restricted/bootstrap", "s1")
     assert r.status == 204
     r = await api.node("DELETE", "node-a", "/instances/s1/meta/restricted/bootstrap", "s1")
     assert r.status == 404

@@ -355,7 +355,7 @@ def _guest(guest: Guest, method: str, path: str, body: str | None = None) -> int
 def test_guest_deletes_a_key_for_good(nft_stack: ProductStack) -> None:
     stack = nft_stack
     guest = stack.topo.add_guest()
-    stack.put_server("i-gw-del", hostname="gw-del", ifname=guest.tap)
+    stack.put_server("i-gw-del", hostname="gw-del", ifname=guest.tap, guest_writes=True)
     for cls, values in (("public", {"one_time_secret": "s3cr3t-pub", "keep": "yes"}),
                         ("restricted", {"bootstrap_token": "s3cr3t-res"})):
         status, body = stack.api("PUT", f"/v1/servers/i-gw-del/metadata/{cls}", values)

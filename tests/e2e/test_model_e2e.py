@@ -146,7 +146,7 @@ def test_consumed_key_is_gone_from_every_surface(nft_stack: ProductStack) -> Non
     status, _ = stack.api("POST", "/v1/images", {"id": "img-shadow", "visibility": "public"})
     assert status == 201
     stack.put_server("i-shadow", hostname="shadow", ifname=guest.tap,
-                     customer="cust-shadow", image_id="img-shadow")
+                     customer="cust-shadow", image_id="img-shadow", guest_writes=True)
     for path, value in (("/v1/customers/cust-shadow", "cust-tok-1"),
                         ("/v1/images/img-shadow", "img-tok-1"),
                         ("/v1/servers/i-shadow", "srv-tok-1")):

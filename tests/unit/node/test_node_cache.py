@@ -8,7 +8,7 @@ import pytest
 from node_fakes import IID, FakeClock, FakeSource, load_doc
 
 from interceptor.node.backend_client import BackendUnavailable, NotBound, NotFound
-from interceptor.node.cache import DocumentCache
+from interceptor.node.cache import DocumentCache, LargeMemo
 from interceptor.node.metrics import NodeMetrics
 
 
@@ -216,14 +216,14 @@ async def test_memo_budget_and_idle_eviction(source: FakeSource, clock: FakeCloc
     cache = DocumentCache(source, clock=clock, memo_bytes=100, memo_entries=3,
                           memo_entry_bytes=70, idle_evict=120)
     doc = await cache.get(IID)
-    doc.memo_put("big", 0, 71)  # over the per-entry bound: not kept
+    doc.memo_put("big", 0, 71)  # over the per-entry bound: kept in the node-wide memo
     doc.memo_put("a", 1, 60)
     doc.memo_put("b", 2, 60)  # over the byte budget: not kept
     doc.memo_put("c", 3, 10)
     doc.memo_put("d", 4, 10)
     doc.memo_put("e", 5, 1)  # over the entry budget
-    assert [doc.memo_get(k) for k in ("big", *"abcde")] == [None, 1, None, 3, 4, None]
-    assert cache.memo_bytes() == 80
+    assert [doc.memo_get(k) for k in ("big", *"abcde")] == [0, 1, None, 3, 4, None]
+    assert cache.memo_bytes() == 80 and cache.large_memo.bytes == 71
     other = load_doc(instance_id="i-other")
     source.put(other)
     clock.advance(200)
@@ -244,3 +244,16 @@ async def test_close_cancels_background_and_wakes(source: FakeSource, clock: Fak
     assert await waiter is True
     with pytest.raises(BackendUnavailable):
         await cache.get("i-unknown")
+
+
+def test_large_memo_is_an_lru_bounded_in_bytes() -> None:
+    """Responses over the per-document entry limit (issue 15: >16 KiB bodies
+    were rendered again for every request) live in one byte-bounded LRU."""
+    memo = LargeMemo(max_bytes=300, max_entry=150)
+    memo.put("a", 1, 100)
+    memo.put("b", 2, 100)
+    memo.put("huge", 3, 151)  # over the entry bound: not kept
+    assert memo.get("a") == 1  # "a" is now the most recently used
+    memo.put("c", 4, 150)  # 350 > 300: the least recently used ("b") goes
+    assert (memo.get("a"), memo.get("b"), memo.get("c"), memo.get("huge")) == (1, None, 4, None)
+    assert memo.bytes == 250 and len(memo) == 2

@@ -300,7 +300,10 @@ async def test_password_too_long_is_413(env: Env) -> None:
     assert r.status == 200
 
 
-async def test_delete_meta_key(env: Env) -> None:
+async def test_delete_meta_key(source: FakeSource) -> None:
+    env = Env(with_doc(source, guest_writes=False))  # the owner's data: opt-in only
+    assert (await env.call("DELETE", "/interceptor/v1/meta/public/role")).status == 403
+    env = Env(with_doc(source, guest_writes=True))
     r = await env.call("DELETE", "/interceptor/v1/meta/public/role")
     assert r.status == 204 and env.writer.calls == [("delete_meta", IID, "public", "role")]
     r = await env.call("DELETE", "/interceptor/v1/meta/private/role")
