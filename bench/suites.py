@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 
 from bench.baseline import baseline
-from bench.env import UNLIMITED, Bench, bench_stack, lift_syn_limit
+from bench.env import NO_VM_LIMIT, UNLIMITED, Bench, bench_stack
 from bench.fleet import Fleet, FleetGuest
 from bench.loadgen import LoadResult, crawl, fixed_rate
 from bench.netns_client import Connection, fetch, now, percentile, rss_kib
@@ -80,13 +80,16 @@ async def _throughput(opts: Options, datapath: str) -> list[Row]:
     seconds = opts.pick(5, 2)
     rounds = int(opts.pick(3, 1))
     rows: list[Row] = []
+    with bench_stack(datapath, NO_VM_LIMIT) as bench:  # the default per-tap guards
+        guest = bench.topo.add_guest()
+        await bench.create_instances([("i-bench-tp", guest.tap)])
+        await wait_served(bench, guest.netns, "i-bench-tp")
+        defaults_close = await wrk(guest.netns, URL, seconds=seconds, close=True)
     with bench_stack(datapath, UNLIMITED) as bench:
         guest = bench.topo.add_guest()
         await bench.create_instances([("i-bench-tp", guest.tap)])
         await wait_served(bench, guest.netns, "i-bench-tp")
         body = (await fetch(bench.ns, guest.netns, PATH)).body
-        defaults_close = await wrk(guest.netns, URL, seconds=seconds, close=True)
-        lifted = lift_syn_limit(bench)
         with baseline({PATH: body}) as base:
             bguest = base.guest()
             results: dict[tuple[str, bool], list[WrkResult]] = {}
@@ -98,8 +101,7 @@ async def _throughput(opts: Options, datapath: str) -> list[Row]:
         for close in (False, True):
             mode = "new connection per request" if close else "keep-alive"
             if close:
-                mode += (" (per-tap SYN guards lifted)" if lifted
-                         else " (SYN limit 20/s in force)")
+                mode += " (per-tap SYN guards lifted)"
             node = statistics.median(r.rps for r in results[("node", close)])
             nginx = statistics.median(r.rps for r in results[("nginx", close)])
             errors = sum(r.non_2xx + r.socket_errors for r in results[("node", close)])
@@ -209,7 +211,6 @@ async def _per_request(bench: Bench, g: FleetGuest, seconds: float, rounds: int
     ka, close = [], []
     for _ in range(rounds):
         ka.append(await wrk(g.netns, URL, seconds=seconds))
-        lift_syn_limit(bench)
         close.append(await wrk(g.netns, URL, seconds=seconds, close=True))
     fixed = await fixed_rate(bench.ns, [g.netns], PATH, rate=500, duration=seconds,
                              keepalive=True)

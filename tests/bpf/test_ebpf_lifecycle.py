@@ -16,7 +16,8 @@ from interceptor.node.datapath.base import mark_for
 from interceptor.node.datapath.ebpf import MAP_NAMES, SOURCE, EbpfConfig, EbpfDatapath
 from interceptor.node.datapath.ebpf_syscall import pinned_map_info
 from interceptor.node.datapath.ebpf_tc import INGRESS_PARENT
-from tests.bpf.lab import PacketLab, unique
+from tests.bpf.lab import PacketLab
+from tests.lab import unique
 
 pytestmark = pytest.mark.root
 

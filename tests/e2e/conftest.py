@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.netns import Topology
+from tests.lab import Topology
 
 
 @pytest.fixture

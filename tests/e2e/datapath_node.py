@@ -130,9 +130,11 @@ class DatapathNode:
 
     def hook_count(self, ifname: str) -> int:
         """How many of our hooks are on ``ifname`` (1 when synced: never duplicated)."""
-        if self.kind == "nft":
+        if self.kind == "nft":  # the ingress shards' hook lines (sets name taps too)
             out = _cmd(["nft", "list", "table", "netdev", "interceptor"])
-            return len(re.findall(rf"(?<![\w.:@-]){re.escape(ifname)}(?![\w.:@-])", out))
+            name = re.compile(rf"(?<![\w.:@-]){re.escape(ifname)}(?![\w.:@-])")
+            return sum(len(name.findall(line)) for line in out.splitlines()
+                       if "hook ingress" in line)
         out = _cmd(["tc", "filter", "show", "dev", ifname, "ingress"])
         return len([ln for ln in out.splitlines() if " bpf " in ln and "handle" in ln])
 

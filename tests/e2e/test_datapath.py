@@ -19,7 +19,7 @@ import pytest
 from interceptor.node.datapath.base import mark_for
 from interceptor.node.datapath.contract import ARP_REPLY_MAC
 from interceptor.node.datapath.ebpf import EbpfConfig
-from tests.e2e.netns import Guest, NetnsRpc, Topology, ifindex, sh
+from tests.lab import Guest, NetnsRpc, Topology, ifindex, sh
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 

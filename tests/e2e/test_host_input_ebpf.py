@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
-from tests.e2e.netns import Guest, NetnsRpc, Topology, sh
 from tests.e2e.test_datapath_ebpf import AGENT, agent_config, fetch, start_node, steer, unpin
+
+from tests.lab import Guest, NetnsRpc, Topology, sh
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.netns import Guest, Topology, sh
 from tests.e2e.stack import ProductStack, get, product
+from tests.lab import Guest, Topology, sh
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
@@ -231,7 +231,7 @@ def test_cleanup_after_kill_removes_everything(stack: ProductStack) -> None:
 
 
 def _interceptor() -> list[str]:
-    from tests.e2e.netns import PYTHON
+    from tests.lab import PYTHON
 
     return [PYTHON, "-m", "interceptor"]
 
