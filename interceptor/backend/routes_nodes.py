@@ -54,7 +54,7 @@ async def _node(request: web.Request, instance: str = "") -> tuple[Backend, str]
 
 
 def _write_allowed(ctx: Backend, iid: str) -> None:
-    wait = ctx.guest_writes.allow(iid)
+    wait = ctx.guest_writes.take(iid)
     if wait > 0:
         raise TooManyRequests(f"too many guest writes for instance {iid}", wait)
 

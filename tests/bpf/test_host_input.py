@@ -1,7 +1,8 @@
-"""Packet-level tests of the host input filter in bpf/tap_ingress.c: what a
-guest sends to any address of the node itself is dropped unless it is ICMP,
-a reply on a connection the host opened, or to an allowed port; forwarded
-traffic is untouched. The lab namespace is a routing node (lab.routed_node)."""
+"""Packet-level tests of the host input filter in
+interceptor/node/datapath/bpf/tap_ingress.c: what a guest sends to any
+address of the node itself is dropped unless it is ICMP, a reply on a
+connection the host opened, or to an allowed port; forwarded traffic is
+untouched. The lab namespace is a routing node (lab.routed_node)."""
 
 from __future__ import annotations
 

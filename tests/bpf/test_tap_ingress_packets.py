@@ -1,4 +1,5 @@
-"""Packet-level tests of bpf/tap_ingress.c through BPF_PROG_TEST_RUN.
+"""Packet-level tests of interceptor/node/datapath/bpf/tap_ingress.c through
+BPF_PROG_TEST_RUN.
 
 Each frame is built with scapy, run once through the loaded program as if it
 arrived on a given link of the private namespace, and judged by the action,

@@ -7,105 +7,34 @@ construction. A case runs on one datapath only where the contract
 
 from __future__ import annotations
 
-import os
+import json
 import subprocess
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from interceptor.node.datapath.base import mark_for
 from interceptor.node.datapath.contract import ARP_REPLY_MAC
-from interceptor.node.datapath.ebpf import EbpfConfig
+from tests.e2e.datapath_support import (
+    AGENT,
+    FAST_S,
+    HOST_PORT,
+    MD,
+    PATTERNS,
+    Nodes,
+    body_and_time,
+    counter,
+    fetch,
+    steer,
+)
 from tests.lab import Guest, NetnsRpc, Topology, ifindex, sh
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
-MD = "http://169.254.169.254/latest/meta-data/"
-FAST_S = 0.5
-AGENT = "tests.e2e.datapath_node:DatapathNode"
-PATTERNS = ["mdtap*", "tap*"]  # the topology's taps and the 1000-tap test's
-# A host service guests may use (input_allow_tcp): the bridge still carries
-# guest <-> host traffic, and nothing else on the node is reachable.
-HOST_PORT = 8080
-# `ip netns exec` gives the eBPF loader a private mount namespace with its own
-# /sys: reach the host's bpffs through this (the test) process's root, so pins
-# outlive the loader as they do in production.
-HOST_BPFFS = f"/proc/{os.getpid()}/root/sys/fs/bpf"
-
-
-@dataclass
-class Nodes:
-    """Starts datapath nodes of one kind in the topology's node namespace;
-    ``close`` removes what a killed node may have left (the eBPF pins are
-    global, unlike everything in the namespace)."""
-
-    topology: Topology
-    kind: str
-    started: list[NetnsRpc] = field(default_factory=list)
-
-    def kernel_options(self) -> dict[str, Any]:
-        if self.kind == "ebpf":
-            return {"instance": self.topology.prefix, "bpffs": HOST_BPFFS}
-        return {}
-
-    def start(self, **options: Any) -> NetnsRpc:
-        node = self.topology.rpc(AGENT, self.kind, {"patterns": PATTERNS,
-                                                    **self.kernel_options(), **options})
-        node.call("install")
-        self.started.append(node)
-        return node
-
-    def close(self) -> None:
-        if self.kind != "ebpf" or not self.started:
-            return
-        try:
-            self.topology.rpc(AGENT, self.kind, self.kernel_options()).call("remove")
-        finally:
-            pin_dir = EbpfConfig(instance=self.topology.prefix).pin_dir
-            if pin_dir.is_dir():
-                for entry in pin_dir.iterdir():
-                    entry.unlink(missing_ok=True)
-                pin_dir.rmdir()
-
-
-@pytest.fixture(params=["nft", "ebpf"])
-def nodes(request: pytest.FixtureRequest, topology: Topology) -> Iterator[Nodes]:
-    started = Nodes(topology, request.param)
-    try:
-        yield started
-    finally:
-        started.close()
-
-
 @pytest.fixture
 def node(nodes: Nodes) -> NetnsRpc:
     return nodes.start(input_allow_tcp=[HOST_PORT])
-
-
-def body_and_time(proc: subprocess.CompletedProcess[str]) -> tuple[int, str, float]:
-    body, _, tail = proc.stdout.rpartition("\n")
-    code, _, seconds = tail.partition(" ")
-    return int(code or 0), body, float(seconds or 0)
-
-
-def fetch(guest: Guest, *extra: str, max_time: float = 3.0) -> tuple[int, str, float]:
-    return body_and_time(guest.curl(MD, *extra, max_time=max_time))
-
-
-def steer(node: NetnsRpc, *guests: Guest, refused: tuple[Guest, ...] = ()) -> None:
-    """Sync ``guests`` steered and ``refused`` not, and open the listeners."""
-    taps = {g.tap: {"steer": True, "bridge": g.bridge} for g in guests}
-    taps.update({g.tap: {"steer": False, "bridge": g.bridge} for g in refused})
-    node.call("sync", taps)
-    for g in guests:
-        node.call("listen", g.tap)
-
-
-def counter(node: NetnsRpc, tap: str, name: str) -> int:
-    return int(node.call("counters")[tap][name])
 
 
 def guest_neigh(guest: Guest) -> str:
@@ -242,6 +171,25 @@ def test_replies_do_not_loop_with_fwmark_accept(topology: Topology, node: NetnsR
     assert body.split()[2] == f"{mark:#x}"  # the accepted socket inherited the mark
 
 
+# Guest side: one request from each local port, read to the end (EOF) before closing.
+SERVED_FROM = """
+import json, socket, sys
+bodies = []
+for port in json.loads(sys.argv[1]):
+    s = socket.socket()
+    s.settimeout(3)
+    s.bind(("0.0.0.0", port))
+    s.connect(("169.254.169.254", 80))
+    s.sendall(b"GET / HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n")
+    data = b""
+    while chunk := s.recv(4096):
+        data += chunk
+    s.close()
+    bodies.append(data.split(b"\\r\\n\\r\\n", 1)[1].decode())
+print(json.dumps(bodies))
+"""
+
+
 def test_time_wait_of_an_earlier_server_does_not_hang_the_guest(
         topology: Topology, nodes: Nodes) -> None:
     """A plain server on the node served the metadata address before (the
@@ -255,25 +203,24 @@ def test_time_wait_of_an_earlier_server_does_not_hang_the_guest(
     sh(["ip", "route", "add", "10.0.0.2/32", "dev", guest.tap], netns=topology.node)
     plain = topology.rpc(AGENT, None)
     plain.call("host_service", "169.254.169.254", 80)
-    for port in ports:
-        proc = guest.curl(MD, "--local-port", str(port), "-H", "Connection: close",
-                          max_time=3)
-        assert body_and_time(proc)[:2] == (200, "host"), proc.stderr
+    # The client reads to the end before it closes: the server closes first,
+    # so the TIME-WAIT sockets are the node's (the guest's ports stay free).
+    out = guest.run(["python3", "-c", SERVED_FROM, json.dumps(ports)], timeout=60,
+                    check=True).stdout
+    assert json.loads(out) == ["host"] * len(ports)
     plain.call("stop_service", "169.254.169.254:80")
     sh(["ip", "addr", "del", "169.254.169.254/32", "dev", "lo"], netns=topology.node)
     waits = sh(["ss", "-Htn", "state", "time-wait", "src", "169.254.169.254"],
                netns=topology.node).stdout
-    # The state the bug needs. (Where curl closed first, the guest holds the
-    # TIME-WAIT socket instead and cannot bind that port again for a while.)
-    waiting = sorted({int(line.split()[-1].rsplit(":", 1)[1]) for line in waits.splitlines()}
-                     & set(ports))
-    assert len(waiting) >= 4, waits
+    waiting = sorted({int(line.split()[-1].rsplit(":", 1)[1]) for line in waits.splitlines()})
+    assert waiting == ports, waits  # the state the bug needs
 
     node = nodes.start()
     steer(node, guest)
     for port in waiting:
-        code, body, seconds = fetch(guest, "--local-port", str(port), max_time=5)
-        assert code == 200, (port, body)
+        proc = guest.curl(MD, "--local-port", str(port), max_time=5)
+        code, body, seconds = body_and_time(proc)
+        assert code == 200, (port, body, proc.stderr)
         assert body.split()[:2] == [guest.tap, f"10.0.0.2:{port}"]
         assert seconds < 1.0, (port, seconds)  # no SYN retransmit, let alone a hang
 
