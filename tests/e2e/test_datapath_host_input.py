@@ -19,7 +19,7 @@ from tests.lab import Guest, NetnsRpc, Topology, sh, unique
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
-SERVICE = "tests.e2e.test_host_input_ebpf:CountingService"
+SERVICE = "tests.e2e.test_datapath_host_input:CountingService"
 PORT = 7070  # TCP and UDP, on every address (IPv4 and IPv6) of its namespace
 UPLINK = "192.0.2.1"  # the node's address on another interface
 GW6 = "2001:db8:1::1"  # the node's global IPv6 address on the tap

@@ -1,8 +1,8 @@
 """Python objects and tap pumps in other namespaces: the helper processes
 the lab starts, and their entry point.
 
-    python -m tests.lab.rpc rpc MODULE:FACTORY JSON_ARGS   (see NetnsRpc)
-    python -m tests.lab.rpc pump NODE_NS TAP GUEST_NS IFNAME   (see Topology.add_guest)
+    python -m tests.lab rpc MODULE:FACTORY JSON_ARGS   (see NetnsRpc)
+    python -m tests.lab pump NODE_NS TAP GUEST_NS IFNAME   (see Topology.add_guest)
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class NetnsRpc:
     def __init__(self, netns: str, target: str, *args: Any, timeout: float = 20.0) -> None:
         self.netns = netns
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", netns, PYTHON, "-m", "tests.lab.rpc", "rpc", target,
+            ["ip", "netns", "exec", netns, PYTHON, "-m", "tests.lab", "rpc", target,
              json.dumps(list(args))],
             cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, bufsize=1)
@@ -99,7 +99,7 @@ def stop(proc: subprocess.Popen[str]) -> None:
                 stream.close()
 
 
-def _rpc_main(target: str, raw_args: str) -> None:
+def rpc_main(target: str, raw_args: str) -> None:
     module, _, name = target.partition(":")
     factory = getattr(importlib.import_module(module), name)
     obj = factory(*json.loads(raw_args))
@@ -134,7 +134,7 @@ def _open_tap(name: str) -> int:
     return fd
 
 
-def _pump_main(node: str, tap: str, guest_ns: str, ifname: str) -> None:
+def pump_main(node: str, tap: str, guest_ns: str, ifname: str) -> None:
     """Real tap ``tap`` in the node, a tap ``ifname`` in the guest namespace,
     and this process copying frames between the two file descriptors (the
     part QEMU plays for a real VM). Ends when stdin/stdout close."""
@@ -156,13 +156,3 @@ def _pump_main(node: str, tap: str, guest_ns: str, ifname: str) -> None:
                 os.write(key.data, frame)
             except OSError:
                 continue
-
-
-if __name__ == "__main__":
-    sys.path.insert(0, str(REPO))
-    if sys.argv[1] == "rpc":
-        _rpc_main(sys.argv[2], sys.argv[3])
-    elif sys.argv[1] == "pump":
-        _pump_main(*sys.argv[2:6])
-    else:
-        raise SystemExit(f"unknown helper {sys.argv[1]!r}")

@@ -132,7 +132,7 @@ class Topology:
 
     def _start_pump(self, tap: str, netns: str, ifname: str) -> None:
         proc = subprocess.Popen(
-            [PYTHON, "-m", "tests.lab.rpc", "pump", self.node, tap, netns, ifname],
+            [PYTHON, "-m", "tests.lab", "pump", self.node, tap, netns, ifname],
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self._procs.append(proc)
         line = readline(proc, 10.0)
