@@ -69,6 +69,14 @@ class Bench:
 
         await asyncio.gather(*(one(iid, tap) for iid, tap in pairs))
 
+    async def serve_fleet(self, taps: list[str], prefix: str) -> list[str]:
+        """One bound instance per tap (``i-bench-<prefix><n>``), returned once
+        the node has a listener on every one of them."""
+        iids = [f"i-bench-{prefix}{i}" for i in range(len(taps))]
+        await self.create_instances(list(zip(iids, taps, strict=True)))
+        await self.wait_taps(len(taps))
+        return iids
+
     async def bind(self, iid: str, tap: str) -> None:
         """The platform plugs ``tap`` into ``iid``."""
         await self.admin.ok("PUT", f"/v1/servers/{iid}/bindings/{self.stack.node_name}/{tap}",

@@ -135,11 +135,9 @@ async def latency(opts: Options) -> list[Row]:
         fleet = Fleet(bench.topo, "l")
         try:
             guests = fleet.add(guests_new)
-            await bench.create_instances([(f"i-bench-l{i}", g.tap)
-                                          for i, g in enumerate(guests)])
-            await bench.wait_taps(guests_new)
-            for i, g in enumerate(guests):
-                await wait_served(bench, g.netns, f"i-bench-l{i}")
+            iids = await bench.serve_fleet([g.tap for g in guests], "l")
+            for iid, g in zip(iids, guests, strict=True):
+                await wait_served(bench, g.netns, iid)
             with baseline({PATH: b"x"}) as base:
                 bguests = base.add_fleet(guests_new)
                 for mode, count, keep in (("keep-alive", guests_ka, True),
@@ -176,9 +174,7 @@ async def storm(opts: Options) -> list[Row]:
         fleet = Fleet(bench.topo, "s")
         try:
             guests = fleet.add(count)
-            await bench.create_instances([(f"i-bench-s{i}", g.tap)
-                                          for i, g in enumerate(guests)])
-            await bench.wait_taps(count)
+            await bench.serve_fleet([g.tap for g in guests], "s")
             before = await bench.backend_documents()
             misses0 = await bench.node_metric("interceptor_node_cache_misses")
             result = await crawl(bench.ns, [g.netns for g in guests], max_paths=40)

@@ -57,8 +57,8 @@ def test_guest_reads_its_own_metadata(stack: ProductStack, route: str) -> None:
     versions = get(guest, "/")[1].splitlines()
     assert "2009-04-04" in versions and "latest" in versions
     assert get(guest, "/latest/meta-data/no-such-thing")[0] == 404
-    status = guest.curl("http://169.254.169.254/latest/meta-data/", "-X", "DELETE")
-    assert status.stdout.rsplit("\n", 1)[1].split()[0] == "405"
+    deleted = guest.curl("http://169.254.169.254/latest/meta-data/", "-X", "DELETE")
+    assert deleted.stdout.rsplit("\n", 1)[1].split()[0] == "405"
 
 
 def test_user_data_unset_is_404(stack: ProductStack) -> None:

@@ -25,11 +25,12 @@ from tests.lab.netns import (
     tap_device,
     unique,
 )
-from tests.lab.rpc import NetnsRpc, RpcError, readline, stderr_tail, stop
+from tests.lab.rpc import NetnsRpc, RpcError, readline, stderr_tail, stop, terminate
 from tests.lab.topology import Guest, Topology, topology
 
 __all__ = [
     "PYTHON", "REPO", "Guest", "NetnsRpc", "RpcError", "Topology", "entered_netns",
     "ifindex", "ip", "mac_of", "metric_sum", "netns", "random_mac", "readline", "setns",
-    "setns_fd", "sh", "stderr_tail", "stop", "tap_device", "topology", "unique",
+    "setns_fd", "sh", "stderr_tail", "stop", "tap_device", "terminate", "topology",
+    "unique",
 ]

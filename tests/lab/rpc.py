@@ -77,6 +77,18 @@ def stderr_tail(proc: subprocess.Popen[str]) -> str:
     return proc.stderr.read()[-2000:]
 
 
+def terminate(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if it is still there after ``timeout``."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
 def stop(proc: subprocess.Popen[str]) -> None:
     if proc.poll() is None:
         if proc.stdin is None:

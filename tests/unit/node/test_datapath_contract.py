@@ -69,7 +69,7 @@ def test_both_datapath_configs_refuse_the_same_things(cls: type[DatapathConfig])
     for bad in ({"patterns": ("a*b",)}, {"arp_reply_mac": "03:00:00:00:00:01"},
                 {"metadata_port": 70000}, {"syn_burst": 0}):
         with pytest.raises(ConfigError):
-            cls(**bad)  # type: ignore[arg-type]
+            cls(**bad)
     assert cls(syn_rate_per_s=0, max_connections=0).syn_rate_per_s == 0  # 0: no limit
 
 

@@ -6,7 +6,6 @@ import asyncio
 from typing import Any
 
 import pytest
-from node_fakes import IID, FakeClock, FakeSource, FakeWriter, load_doc
 
 from interceptor.formats.rendered import etag_of
 from interceptor.formats.router import render_path
@@ -24,6 +23,7 @@ from interceptor.node.http_server import Request, Response, TapIdentity
 from interceptor.node.limits import RateLimiter
 from interceptor.node.metrics import NodeMetrics
 from interceptor.node.tokens import TokenIssuer
+from tests.unit.node.node_fakes import IID, FakeClock, FakeSource, FakeWriter, load_doc
 
 TAP = TapIdentity("tap0", 5, IID)
 
