@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.datapath_support import DATAPATHS, Nodes
-from tests.lab import Topology
+from tests.e2e.datapath_support import DATAPATHS, HOST_PORT, Nodes
+from tests.lab import NetnsRpc, Topology
 
 
 @pytest.fixture
@@ -33,3 +33,9 @@ def nodes(request: pytest.FixtureRequest, topology: Topology) -> Iterator[Nodes]
         yield started
     finally:
         started.close()
+
+
+@pytest.fixture
+def node(nodes: Nodes) -> NetnsRpc:
+    """A node of the parametrised kind, guests allowed to ``HOST_PORT`` on it."""
+    return nodes.start(input_allow_tcp=[HOST_PORT])

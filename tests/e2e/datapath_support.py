@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from interceptor.node.datapath.ebpf import EbpfConfig
-from tests.lab import Guest, NetnsRpc, Topology
+from tests.lab import Guest, NetnsRpc, Topology, sh
 
 DATAPATHS = ("nft", "ebpf")
 MD = "http://169.254.169.254/latest/meta-data/"
@@ -83,3 +84,73 @@ def steer(node: NetnsRpc, *guests: Guest, refused: tuple[Guest, ...] = ()) -> No
 
 def counter(node: NetnsRpc, tap: str, name: str) -> int:
     return int(node.call("counters")[tap][name])
+
+
+def guest_neigh(guest: Guest) -> str:
+    return guest.run(["ip", "neigh", "show", "169.254.169.254"]).stdout
+
+
+def service_in(topology: Topology, guest: Guest, tcp: int, udp: int) -> NetnsRpc:
+    """A TCP and a UDP socket on every address of ``guest``, counting what arrives."""
+    return topology.rpc("tests.e2e.hostservice:HostService", tcp, udp, netns=guest.netns)
+
+
+def wait_count(read: Any, want: int, timeout: float = 5.0) -> int:
+    """Poll ``read()`` until it reaches ``want`` or ``timeout`` passes; its last value."""
+    deadline = time.monotonic() + timeout
+    value = read()
+    while value < want and time.monotonic() < deadline:
+        time.sleep(0.05)
+        value = read()
+    return int(value)
+
+
+def send_udp(guest: Guest, address: str, port: int) -> None:
+    family = "AF_INET6" if ":" in address else "AF_INET"
+    r = guest.run(["python3", "-c", f"import socket; s=socket.socket(socket.{family}, "
+                   f"socket.SOCK_DGRAM); s.sendto(b'x', ({address!r}, {port}))"])
+    assert r.returncode == 0, r.stderr
+
+
+def wait_no_tentative(topology: Topology, *guests: Guest) -> None:
+    """Wait (bounded) for IPv6 duplicate address detection on both ends."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and (
+            sh(["ip", "-6", "addr", "show", "tentative"], netns=topology.node).stdout
+            or any(g.run(["ip", "-6", "addr", "show", "tentative"]).stdout for g in guests)):
+        time.sleep(0.1)
+
+
+def concurrent_fetch(guests: tuple[Guest, ...], port: int) -> list[tuple[int, str, float]]:
+    """The guests' requests at once, each from local ``port``."""
+    procs = [subprocess.Popen(
+        ["ip", "netns", "exec", g.netns, "curl", "-sS", "--max-time", "3", "--local-port",
+         str(port), "-w", "\n%{http_code} %{time_total}", MD],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for g in guests]
+    return [body_and_time(subprocess.CompletedProcess([], 0, p.communicate(timeout=10)[0], ""))
+            for p in procs]
+
+
+def br_netfilter(topology: Topology, value: int) -> None:
+    """Set ``bridge-nf-call-iptables`` in the node (per network namespace)."""
+    sh(["sysctl", "-qw", f"net.bridge.bridge-nf-call-iptables={value}"], netns=topology.node)
+    flag = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+    assert sh(["cat", flag], netns=topology.node).stdout.strip() == str(value)
+
+
+def host_reaches_guest(topology: Topology, guest: Guest, via: str) -> None:
+    """The node's own connection to the guest completes (over ``via``)."""
+    service = service_in(topology, guest, 7080, 7081)
+    sh(["ip", "neigh", "flush", "dev", via], netns=topology.node)
+    sh(["curl", "-s", "--max-time", "2", f"http://{guest.ip.split('/')[0]}:7080/"],
+       netns=topology.node, check=False)
+    assert service.call("seen")["tcp"] == 1
+
+
+def guest_reaches_allowed_port(topology: Topology, node: NetnsRpc, guest: Guest) -> None:
+    node.call("host_service", "0.0.0.0", HOST_PORT)
+    if guest.bridge:
+        sh(["ip", "neigh", "flush", "dev", guest.bridge], netns=topology.node)
+    proc = guest.curl(f"http://{guest.gateway}:{HOST_PORT}/", max_time=2)
+    assert proc.stdout.startswith("host"), proc.stderr
+    assert node.call("host_accepts", f"0.0.0.0:{HOST_PORT}") == 1
