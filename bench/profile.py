@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from bench.env import UNLIMITED, bench_stack
-from bench.suites import PATH, URL, wait_served
+from bench.suites_base import PATH, URL, wait_served
 from bench.wrk import wrk
 
 
