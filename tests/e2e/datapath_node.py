@@ -173,8 +173,13 @@ class DatapathNode:
     # -- listeners and host services ---------------------------------------------
 
     def listen(self, ifname: str) -> None:
+        """The tap's listener on the configured metadata address and port."""
         self.unlisten(ifname)
-        sock = open_tap_listener(ifname)
+        cfg = getattr(self.dp, "cfg", None)
+        if cfg is None:
+            sock = open_tap_listener(ifname)
+        else:
+            sock = open_tap_listener(ifname, cfg.metadata_address, cfg.metadata_port)
 
         async def start() -> asyncio.Server:
             return await self.loop.create_server(_Answer, sock=sock)

@@ -9,7 +9,6 @@ construction. A case runs on one datapath only where the contract
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -89,6 +88,22 @@ def test_spoofed_source_lands_on_own_tap(topology: Topology, node: NetnsRpc) -> 
     assert code == 200 and body.split()[0] == victim.tap
 
 
+def test_configured_metadata_address_and_port(topology: Topology, nodes: Nodes) -> None:
+    """Another metadata address and port mean the same on both datapaths:
+    served there (ARP included), and the default one is not special."""
+    node = nodes.start(metadata_address="169.254.1.1", metadata_port=8080)
+    guest = topology.add_guest()
+    guest.run(["ip", "route", "add", "169.254.1.1", "dev", guest.ifname], check=True)
+    steer(node, guest)
+    proc = guest.curl("http://169.254.1.1:8080/latest/meta-data/")
+    code, body, seconds = body_and_time(proc)
+    assert code == 200, (body, proc.stderr)
+    assert body.split()[0] == guest.tap and seconds < FAST_S
+    assert ARP_REPLY_MAC in guest.run(["ip", "neigh", "show", "169.254.1.1"]).stdout
+    assert fetch(guest, max_time=1)[0] == 0  # 169.254.169.254:80: nobody's
+    assert ARP_REPLY_MAC not in guest_neigh(guest)
+
+
 def test_replies_do_not_loop_with_fwmark_accept(topology: Topology, node: NetnsRpc) -> None:
     guest = topology.add_guest()
     steer(node, guest)
@@ -97,60 +112,6 @@ def test_replies_do_not_loop_with_fwmark_accept(topology: Topology, node: NetnsR
     assert code == 200 and seconds < FAST_S
     mark = mark_for(ifindex(topology.node, guest.tap))
     assert body.split()[2] == f"{mark:#x}"  # the accepted socket inherited the mark
-
-
-# Guest side: one request from each local port, read to the end (EOF) before closing.
-SERVED_FROM = """
-import json, socket, sys
-bodies = []
-for port in json.loads(sys.argv[1]):
-    s = socket.socket()
-    s.settimeout(3)
-    s.bind(("0.0.0.0", port))
-    s.connect(("169.254.169.254", 80))
-    s.sendall(b"GET / HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n")
-    data = b""
-    while chunk := s.recv(4096):
-        data += chunk
-    s.close()
-    bodies.append(data.split(b"\\r\\n\\r\\n", 1)[1].decode())
-print(json.dumps(bodies))
-"""
-
-
-def test_time_wait_of_an_earlier_server_does_not_hang_the_guest(
-        topology: Topology, nodes: Nodes) -> None:
-    """A plain server on the node served the metadata address before (the
-    address on lo, the guest reaching it through its tap, the server closing
-    first: ``Connection: close``), leaving TIME-WAIT sockets of the guest's
-    4-tuples; then it stopped and the address went. The guest's next
-    connections from the same ports are served at once on both datapaths."""
-    guest = topology.add_guest()
-    ports = list(range(40600, 40616))
-    sh(["ip", "addr", "add", "169.254.169.254/32", "dev", "lo"], netns=topology.node)
-    sh(["ip", "route", "add", "10.0.0.2/32", "dev", guest.tap], netns=topology.node)
-    plain = topology.rpc(AGENT, None)
-    plain.call("host_service", "169.254.169.254", 80)
-    # The client reads to the end before it closes: the server closes first,
-    # so the TIME-WAIT sockets are the node's (the guest's ports stay free).
-    out = guest.run(["python3", "-c", SERVED_FROM, json.dumps(ports)], timeout=60,
-                    check=True).stdout
-    assert json.loads(out) == ["host"] * len(ports)
-    plain.call("stop_service", "169.254.169.254:80")
-    sh(["ip", "addr", "del", "169.254.169.254/32", "dev", "lo"], netns=topology.node)
-    waits = sh(["ss", "-Htn", "state", "time-wait", "src", "169.254.169.254"],
-               netns=topology.node).stdout
-    waiting = sorted({int(line.split()[-1].rsplit(":", 1)[1]) for line in waits.splitlines()})
-    assert waiting == ports, waits  # the state the bug needs
-
-    node = nodes.start()
-    steer(node, guest)
-    for port in waiting:
-        proc = guest.curl(MD, "--local-port", str(port), max_time=5)
-        code, body, seconds = body_and_time(proc)
-        assert code == 200, (port, body, proc.stderr)
-        assert body.split()[:2] == [guest.tap, f"10.0.0.2:{port}"]
-        assert seconds < 1.0, (port, seconds)  # no SYN retransmit, let alone a hang
 
 
 # -- fail closed ------------------------------------------------------------------

@@ -138,7 +138,7 @@ class DatapathConfig:
         except ValueError:
             raise ConfigError(
                 f"config: invalid metadata address {self.metadata_address!r}") from None
-        if addr.version != 4:  # the one place IPv6 (issue 13) starts from
+        if addr.version != 4:  # the one place an IPv6 address family starts from
             raise ConfigError("config: the metadata address must be IPv4")
         _check_port("metadata_port", self.metadata_port)
         for p in self.input_allow_udp:
