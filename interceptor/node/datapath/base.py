@@ -19,6 +19,8 @@ from typing import Protocol
 
 METADATA_ADDRESS = "169.254.169.254"
 METADATA_PORT = 80
+DEFAULT_TABLE = 4711  # policy routing (routing.py)
+DEFAULT_PREF = 1000
 
 MARK_TAG = 0x4D000000
 """High byte of every mark this project sets; the low 24 bits carry the ifindex

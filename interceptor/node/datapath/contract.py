@@ -37,10 +37,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from interceptor.common.errors import ConfigError, DatapathError
-from interceptor.node.datapath.base import METADATA_ADDRESS, METADATA_PORT, TapState
+from interceptor.node.datapath.base import (
+    DEFAULT_PREF,
+    DEFAULT_TABLE,
+    METADATA_ADDRESS,
+    METADATA_PORT,
+    TapState,
+)
 from interceptor.node.datapath.bridge import PortFacts
 from interceptor.node.datapath.netlink import NetLink
-from interceptor.node.datapath.routing import DEFAULT_PREF, DEFAULT_TABLE
 
 if TYPE_CHECKING:
     from interceptor.node.config import NodeConfig

@@ -46,10 +46,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from interceptor.common.errors import DatapathError
-from interceptor.node.datapath.base import MARK_MASK, MARK_TAG
-
-DEFAULT_TABLE = 4711
-DEFAULT_PREF = 1000
+from interceptor.node.datapath.base import DEFAULT_PREF, DEFAULT_TABLE, MARK_MASK, MARK_TAG
 
 FR_ACT_TO_TBL = 1
 FR_ACT_GOTO = 2
