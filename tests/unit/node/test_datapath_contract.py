@@ -129,3 +129,28 @@ def test_ebpf_guard_fails_unsynced_taps_closed_by_name() -> None:
     assert ('iifname { "tap*", "vm*" } meta mark & 0xff000000 != 0x4e000000 meta mark & '
             '0xff000000 != 0x4d000000 ip daddr 169.254.169.254 counter drop') in text
     assert "udp dport { 67 } accept" in text
+
+
+class _CountingDatapath:
+    """A datapath that counts only some of the contract's counters."""
+
+    name = "fake"
+    counted = frozenset({"steered_packets", "no_listener"})
+
+    def counters(self) -> dict[str, TapCounters]:
+        return {"tap1": TapCounters(steered_packets=5, no_listener=2, refused_packets=9)}
+
+    def installed(self) -> bool:
+        return True
+
+
+def test_metrics_export_the_counted_counters_under_fixed_names() -> None:
+    from interceptor.node.operator import datapath_metrics
+
+    families = {f.name: f for f in datapath_metrics(_CountingDatapath())}  # type: ignore[arg-type]
+    assert set(families) == {"interceptor_node_datapath_steered_packets",
+                             "interceptor_node_datapath_no_listener_packets",
+                             "interceptor_node_datapath_installed"}
+    sample = families["interceptor_node_datapath_steered_packets"].samples[0]
+    assert (sample.name, sample.labels, sample.value) == (
+        "interceptor_node_datapath_steered_packets_total", {"tap": "tap1"}, 5)
