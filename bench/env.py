@@ -100,7 +100,8 @@ class Bench:
         return reply.json()
 
     async def unbind(self, iid: str) -> None:
-        await self.admin.ok("PATCH", f"/v1/servers/{iid}", {"bindings": []})
+        """The platform unplugs every tap of ``iid``."""
+        await self.admin.ok("DELETE", f"/v1/servers/{iid}/bindings", None)
 
     async def wait_taps(self, count: int, timeout: float = 120.0) -> float:
         """Wait until the node has ``count`` guest listeners; seconds waited."""
