@@ -12,10 +12,13 @@ datapath's rules do; tc cannot match names, so this small nft table does:
   ones ``MARK_TAG``): what enters the IP layer from a managed name *without*
   either mark was not seen by the program;
 * such a packet to the metadata address is dropped at prerouting, and to
-  the node itself it meets the same input policy as a guest's (ICMP, replies
-  to connections the node opened, allow-listed ports, else drop).
+  the node itself only ICMP and the allow-listed ports pass.
 
-Constant rules, no per-tap state: the cost does not grow with the taps.
+No ``ct`` expression on purpose: one would switch conntrack on for every
+packet of the namespace, which the eBPF datapath otherwise never needs (so
+replies to a connection the node opened towards a guest on a tap not synced
+yet are dropped too, for the milliseconds until its sync). Constant rules,
+no per-tap state: the cost does not grow with the taps.
 """
 
 from __future__ import annotations
@@ -47,7 +50,6 @@ comment "a managed tap the tc program has not seen: fail closed"
     type filter hook input priority filter; policy accept;
     iifname != {names} return
     meta mark & 0x{MARK_MASK:08x} == {{ 0x{MARK_TAG:08x}, 0x{GUEST_MARK_TAG:08x} }} return
-    ct state established,related accept
     meta l4proto {{ icmp, ipv6-icmp }} accept
 {allow}    counter drop comment "no host service for a guest on a tap not synced yet"
   }}
