@@ -17,6 +17,7 @@ apt_packages=(
   python3-bpfcc bpfcc-tools linux-headers-amd64
   qemu-system-x86 linux-image-amd64 busybox-static cpio
   cloud-init postgresql prometheus wrk nginx-light systemd
+  libarchive-tools openssl  # tests: unpack ISO images (bsdtar), make a private CA
   ruby vagrant  # tests only: check the Vagrantfile (ruby -c, vagrant validate)
 )
 missing=()
