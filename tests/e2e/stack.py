@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tests.e2e.fdstore import FdStore
 from tests.e2e.netns import PYTHON, REPO, Guest, Topology, sh
 
 BACKEND_PORT = 8700
@@ -54,7 +55,8 @@ class ProductStack:
     def __init__(self, topo: Topology, *, datapath: str = "nft", node_name: str = "node-a",
                  taps: str = "routed",
                  node_options: dict[str, Any] | None = None,
-                 backend_options: dict[str, Any] | None = None) -> None:
+                 backend_options: dict[str, Any] | None = None,
+                 fdstore: bool = False) -> None:
         self.topo = topo
         self.netns = topo.node
         self.datapath = datapath
@@ -83,14 +85,19 @@ class ProductStack:
             **(node_options or {})}
         self.backend: subprocess.Popen[bytes] | None = None
         self.node: subprocess.Popen[bytes] | None = None
+        # The node under a service manager's fd store (restart hand-over).
+        self.fdstore = FdStore(self.work) if fdstore else None
 
     # -- processes ---------------------------------------------------------------------
 
-    def _spawn(self, name: str, args: Sequence[str]) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, args: Sequence[str],
+               fdstore: FdStore | None = None) -> subprocess.Popen[bytes]:
         log = open(self.work / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        return subprocess.Popen(["ip", "netns", "exec", self.netns, PYTHON, "-m", "interceptor",
-                                 *args], cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+        argv = ["ip", "netns", "exec", self.netns, PYTHON, "-m", "interceptor", *args]
+        if fdstore is not None:
+            return fdstore.spawn(argv, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
 
     def start_backend(self) -> None:
         cfg = self.work / "backend.toml"
@@ -102,7 +109,7 @@ class ProductStack:
     def start_node(self, wait_ready: bool = True) -> None:
         cfg = self.work / "node.toml"
         cfg.write_text(_toml("node", self.node_options))
-        self.node = self._spawn("node", ["node", "--config", str(cfg)])
+        self.node = self._spawn("node", ["node", "--config", str(cfg)], self.fdstore)
         self.wait_http(f"http://127.0.0.1:{NODE_OPERATOR_PORT}/healthz", self.node)
         if wait_ready:
             self.wait_http(f"http://127.0.0.1:{NODE_OPERATOR_PORT}/readyz", self.node,
@@ -143,8 +150,11 @@ class ProductStack:
         if self.backend is not None:
             self.stop_backend()
         # Whatever a failed test left: the daemon's own cleanup command.
+        if self.fdstore is not None:
+            self.fdstore.close()
         sh([PYTHON, "-m", "interceptor", "node", "--cleanup", "--datapath", self.datapath,
-            "--bpf-instance", self.bpf_instance], netns=self.netns, check=False, timeout=60)
+            "--bpf-instance", self.bpf_instance, "--no-keep-datapath-on-exit"],
+           netns=self.netns, check=False, timeout=60)
         shutil.rmtree(self.work)
 
     def add_guest(self, **kwargs: Any) -> Guest:

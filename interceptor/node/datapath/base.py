@@ -18,6 +18,8 @@ from typing import Protocol
 METADATA_ADDRESS = "169.254.169.254"
 METADATA_PORT = 80
 
+HEARTBEAT_INTERVAL_S = 1.0
+
 MARK_TAG = 0x4D000000
 """High byte of every mark this project sets; the low 24 bits carry the ifindex
 (folded past 2**24), for people reading packet traces."""
@@ -85,6 +87,11 @@ class Datapath(Protocol):
 
     def counters(self) -> dict[str, TapCounters]:
         """Counters per tap name, for Prometheus."""
+
+    def heartbeat(self) -> None:
+        """Called every HEARTBEAT_INTERVAL_S while the daemon runs: a datapath
+        that cannot see whether a tap's listener exists (nft) learns from its
+        absence that the daemon is gone, and then refuses instead of steering."""
 
     def remove(self) -> None:
         """Remove everything this datapath ever made. Safe to call twice."""

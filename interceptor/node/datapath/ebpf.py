@@ -213,6 +213,10 @@ class EbpfDatapath:
         self._attached = set()
         self._reconciled = False
 
+    def heartbeat(self) -> None:
+        """Nothing to renew: the program sees for itself that a tap has no
+        socket (bpf_skc_lookup_tcp) and answers with a RST."""
+
     def installed(self) -> bool:
         pins = all((self.cfg.pin_dir / m).exists() for m in MAP_NAMES)
         return pins and self.routing.present()

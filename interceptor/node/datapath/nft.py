@@ -35,9 +35,10 @@ Per packet, from a managed tap:
   tap's first IPv4 address" when it has one (a routed tap carrying the
   guests' gateway address), and then no listener matches. Anything
   else to the metadata address is dropped: fail closed (this also covers a
-  tap that matches the name patterns but was not synced yet, and a steered
-  tap whose listener is gone, where dropping lets the guest retry by SYN
-  retransmit while the daemon restarts).
+  tap that matches the name patterns but was not synced yet). A steered tap
+  whose daemon is gone (no ``alive`` heartbeat for ``ALIVE_TIMEOUT_S``) is
+  answered with a RST at the netdev ingress instead: the guest fails at once
+  rather than waiting on a listener that no longer exists.
 * inet input: from a managed tap (by ``iif``, by name pattern, or by the
   guest mark when a bridge is in between) only the steered metadata
   connection, ICMP, replies to connections the host opened, and configured
@@ -87,6 +88,7 @@ import json
 import logging
 import re
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
@@ -123,6 +125,10 @@ SHARD_SIZE = 200
 # MARK_TAG: the policy routing rules must not match it. Only the high byte
 # (this project's) is written, so an operator's low mark bits mean the same.
 GUEST_MARK_TAG = 0x4E000000
+# Seconds the ``alive`` element outlives the daemon's last heartbeat (renewed
+# every second): longer than a restart's gap between two processes, short
+# enough that a killed daemon's guests get RSTs instead of hanging.
+ALIVE_TIMEOUT_S = 3
 
 # Counter sets: name -> (family, TapCounters field or extra key).
 COUNTER_SETS: Mapping[str, tuple[str, str]] = MappingProxyType({
@@ -260,6 +266,7 @@ comment "no other host service for guests"
 
 table netdev {t} {{
   set steered {{ type iface_index; }}
+  set alive {{ type inet_service; flags timeout; }}
 {counter_decl["netdev"]}}}
 """  # noqa: S608 (nft syntax, not SQL)
 
@@ -290,6 +297,8 @@ arp saddr ip set {md} arp operation set reply fwd to iif
     arp daddr ip {md} drop comment "no ARP answer on an unsteered tap"
     arp operation reply meta pkttype host iif @steered ether daddr set {BYPASS_MAC} \
 accept comment "to the tap, not its bridge: the host resolves guests on the tap"
+    ip daddr {md} iif @steered tcp dport {cfg.metadata_port} tcp dport != @alive \
+update @cnt_refused {{ iif }} reject with tcp reset comment "no daemon alive: fail fast"
     ip daddr {md} iif @steered meta pkttype set host ether daddr set {BYPASS_MAC} accept
     ip daddr {md} meta l4proto tcp update @cnt_refused {{ iif }} reject with tcp reset
     ip daddr {md} drop
@@ -359,15 +368,70 @@ class NftDatapath:
         """(Re)create both tables atomically and the policy routing.
 
         Existing tables of the same name are replaced in the same transaction
-        (so an upgrade gets the current rules); their elements are restored by
-        the first ``sync``, which re-adds every element.
+        (so an upgrade gets the current rules), and their per-tap elements and
+        ingress hooks are carried into the new tables in that transaction too:
+        a restarted daemon keeps steering its predecessor's taps (to the
+        listeners it inherits, see listeners.py) until its first ``sync``
+        replaces them, so guests see no gap. The ``alive`` heartbeat starts
+        fresh (see :meth:`heartbeat`).
         """
         t = self.cfg.table
-        batch = (f"add table inet {t}\ndelete table inet {t}\n"
-                 f"add table netdev {t}\ndelete table netdev {t}\n" + render_ruleset(self.cfg))
-        self._apply(batch)
+        replace = (f"add table inet {t}\ndelete table inet {t}\n"
+                   f"add table netdev {t}\ndelete table netdev {t}\n" + render_ruleset(self.cfg))
+        carried = self._carry_over() if self._tables_exist() else ""
+        try:
+            self._apply(replace + carried + self._alive_batch())
+        except DatapathError as exc:
+            if not carried:
+                raise
+            log.warning("nft: could not carry the previous taps over (%s); starting empty", exc)
+            carried = ""
+            self._apply(replace + self._alive_batch())
         self.routing.install()
-        self._applied = _Applied()
+        # Carried-over state is not what this process synced: the first sync
+        # rewrites all of it (flush and re-add in one transaction).
+        self._applied = None if carried else _Applied()
+
+    def heartbeat(self) -> None:
+        """Renew the ``alive`` element. While it lives, steered taps go to their
+        listeners; once the daemon is gone for ALIVE_TIMEOUT_S (killed, hung)
+        the ingress chain answers their SYNs with a RST instead of steering
+        them to sockets that no longer exist. nftables cannot ask whether the
+        tproxy target has a socket before the packet is routed, and a RST sent
+        after routing is lost to guests with unrouted or overlapping
+        addresses; the ingress chain's RST goes straight back out the tap."""
+        self._apply(self._alive_batch())
+
+    def _alive_batch(self) -> str:
+        t, port = self.cfg.table, self.cfg.metadata_port
+        return (f"add element netdev {t} alive {{ {port} }}\n"
+                f"delete element netdev {t} alive {{ {port} }}\n"
+                f"add element netdev {t} alive {{ {port} timeout {ALIVE_TIMEOUT_S}s }}\n")
+
+    def _carry_over(self) -> str:
+        """Batch lines re-adding the per-tap elements and ingress hooks now in
+        the kernel (hooks only for devices that still exist)."""
+        t = self.cfg.table
+        lines: list[str] = []
+        for fam in ("inet", "netdev"):
+            data = json.loads(self._nft(["-j", "list", "table", fam, t]))
+            for item in data.get("nftables", []):
+                s = item.get("set") or item.get("map")
+                if not s or s.get("name") not in ("managed", "vm_mark", "vm_zone", "steered"):
+                    continue
+                elems = []
+                for e in s.get("elem", []):
+                    key, value = (e[0], e[1]) if isinstance(e, list) and len(e) == 2 else (e, None)
+                    index = _ifindex_of(key)
+                    if index is None:  # the tap is gone: nothing to carry
+                        continue
+                    elems.append(str(index) if value is None else f"{index} : {int(value)}")
+                if elems:
+                    lines.append(f"add element {fam} {t} {s['name']} {{ {', '.join(elems)} }}")
+        devices = sorted(d for d in self.ingress_devices() if _link_exists(d))
+        for i, chunk in enumerate(_chunks(devices, SHARD_SIZE)):
+            lines.append(render_ingress_chain(self.cfg, i, list(chunk)))
+        return "\n".join(lines) + ("\n" if lines else "")
 
     def installed(self) -> bool:
         return self._tables_exist() and self.routing.present()
@@ -586,6 +650,25 @@ class NftDatapath:
                 if d.strip():
                     found.add(d.strip().strip('"'))
         return found
+
+
+def _link_exists(ifname: str) -> bool:
+    return _ifindex_of(ifname) is not None
+
+
+def _ifindex_of(key: object) -> int | None:
+    """The ifindex of a set key as nft's JSON lists it (a name while the
+    device exists, else the number); None when the device is gone."""
+    if isinstance(key, int):
+        try:
+            socket.if_indextoname(key)
+        except OSError:
+            return None
+        return key
+    try:
+        return socket.if_nametoindex(str(key))
+    except OSError:
+        return None
 
 
 def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
