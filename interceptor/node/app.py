@@ -101,7 +101,8 @@ class NodeDaemon:
 
             client = BackendClient(cfg.backend_url, cfg.node_name, cfg.node_token,
                                    cfg.signing_key, metrics=self.metrics,
-                                   ca_file=cfg.backend_ca_file or None)
+                                   ca_file=cfg.backend_ca_file or None,
+                                   failback_after=cfg.backend_failback)
             stack.push_async_callback(client.close)
             cache = DocumentCache(client, ttl=cfg.cache_ttl, stale_if_error=cfg.stale_if_error,
                                   metrics=self.metrics)

@@ -13,11 +13,15 @@ from interceptor.common.errors import ConfigError
 @dataclass
 class NodeConfig:
     node_name: str = required("this compute node's name, as bindings name it")
-    backend_url: str = required("central backend, e.g. https://backend.example:8700")
+    backend_url: list[str] = required(
+        "central backend URL, or a list tried in order (fail-over), "
+        "e.g. https://backend.example:8700")
     node_token: str = required("bearer token of this node at the backend")
     signing_key: str = required("platform-wide key that signs node requests")
     backend_ca_file: str | None = opt(
         None, "PEM CA bundle that verifies an https backend_url (unset or empty: system CAs)")
+    backend_failback: float = opt(
+        30.0, "seconds on a fail-over backend before the first one is tried again")
     datapath: str = opt("nft", "kernel datapath: nft or ebpf")
     tap_patterns: list[str] = opt(
         ["tap*", "vnet*"], "interface name patterns the daemon manages (fail closed)")
@@ -64,10 +68,15 @@ class NodeConfig:
         if self.disabled_action not in ("reset", "403"):
             raise ConfigError(
                 f"config: disabled_action must be reset or 403, not {self.disabled_action!r}")
-        if not self.backend_url.startswith(("http://", "https://")):
-            raise ConfigError(f"config: backend_url must be an http(s) URL: {self.backend_url!r}")
+        if not self.backend_url:
+            raise ConfigError("config: backend_url must name at least one URL")
+        for url in self.backend_url:
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"config: backend_url must be an http(s) URL: {url!r}")
+        if self.backend_failback < 0:
+            raise ConfigError("config: backend_failback must be >= 0")
         if self.backend_ca_file:
-            if not self.backend_url.startswith("https://"):
+            if not all(url.startswith("https://") for url in self.backend_url):
                 raise ConfigError("config: backend_ca_file needs an https:// backend_url")
             if not os.access(self.backend_ca_file, os.R_OK):
                 raise ConfigError(
