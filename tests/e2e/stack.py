@@ -85,6 +85,8 @@ class ProductStack:
             **(node_options or {})}
         self.backend: subprocess.Popen[bytes] | None = None
         self.node: subprocess.Popen[bytes] | None = None
+        self.extra_backends: list[subprocess.Popen[bytes]] = []
+        self.api_port = BACKEND_PORT  # which backend process api() talks to
         # The node under a service manager's fd store (restart hand-over).
         self.fdstore = FdStore(self.work) if fdstore else None
 
@@ -105,6 +107,20 @@ class ProductStack:
             self.node_name: self.node_token, "node-other": self.other_node_token}}))
         self.backend = self._spawn("backend", ["backend", "serve", "--config", str(cfg)])
         self.wait_http(f"http://127.0.0.1:{BACKEND_OPERATOR_PORT}/healthz", self.backend)
+
+    def start_extra_backend(self, name: str, port: int, operator_port: int
+                            ) -> subprocess.Popen[bytes]:
+        """Another backend process on the same database (a PostgreSQL DSN in
+        ``backend_options``), on its own ports; stopped by ``close()``."""
+        cfg = self.work / f"{name}.toml"
+        cfg.write_text(_toml("backend", {**self.backend_options, "listen_port": port,
+                                         "operator_port": operator_port},
+                             {"node_tokens": {self.node_name: self.node_token,
+                                              "node-other": self.other_node_token}}))
+        proc = self._spawn(name, ["backend", "serve", "--config", str(cfg)])
+        self.extra_backends.append(proc)
+        self.wait_http(f"http://127.0.0.1:{operator_port}/healthz", proc)
+        return proc
 
     def start_node(self, wait_ready: bool = True) -> None:
         cfg = self.work / "node.toml"
@@ -149,6 +165,8 @@ class ProductStack:
             self.stop_node()
         if self.backend is not None:
             self.stop_backend()
+        for proc in self.extra_backends:
+            _stop(proc, signal.SIGTERM, 20.0)
         # Whatever a failed test left: the daemon's own cleanup command.
         if self.fdstore is not None:
             self.fdstore.close()
@@ -184,7 +202,7 @@ class ProductStack:
             args += ["-H", f"{k}: {v}"]
         if body is not None:
             args += ["-H", "Content-Type: application/json", "--data-binary", "@-"]
-        r = sh([*args, f"http://127.0.0.1:{BACKEND_PORT}{path}"], netns=self.netns,
+        r = sh([*args, f"http://127.0.0.1:{self.api_port}{path}"], netns=self.netns,
                input=json.dumps(body) if body is not None else None)
         text, _, code = r.stdout.rpartition("\n")
         try:
