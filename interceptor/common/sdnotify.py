@@ -11,6 +11,7 @@ under any supervisor or none.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -65,6 +66,13 @@ class Watchdog:
             return None
         # Half the timeout, as sd_watchdog_enabled(3) recommends.
         return cls(int(usec) / 2e6)
+
+    async def run(self) -> None:
+        """Ping until cancelled, from the event loop itself: a blocked or
+        wedged loop stops the pings, and the manager restarts the service."""
+        while True:
+            notify("WATCHDOG=1")
+            await asyncio.sleep(self.interval_s)
 
 
 def listen_fds(environ: dict[str, str] | None = None, *, unset: bool = True

@@ -166,7 +166,7 @@ class NodeDaemon:
             stack.push_async_callback(_cancel, tasks)
             watchdog = sdnotify.Watchdog.from_environment()
             if watchdog is not None:
-                tasks.append(asyncio.create_task(_watchdog(watchdog), name="watchdog"))
+                tasks.append(asyncio.create_task(watchdog.run(), name="watchdog"))
             self.ready.set()
             log.info("node %s: datapath %s installed, serving (%d tap listeners inherited)",
                      cfg.node_name, datapath.name, len(listeners.adopted))
@@ -245,14 +245,6 @@ async def _heartbeat(datapath: Datapath) -> None:
         except DatapathError as exc:  # removed underneath: the guard reinstalls it
             log.debug("datapath heartbeat failed: %s", exc)
         await asyncio.sleep(HEARTBEAT_INTERVAL_S)
-
-
-async def _watchdog(watchdog: sdnotify.Watchdog) -> None:
-    """Pings the service manager from the event loop itself: a blocked or
-    wedged loop stops the pings, and systemd restarts the daemon."""
-    while True:
-        sdnotify.notify("WATCHDOG=1")
-        await asyncio.sleep(watchdog.interval_s)
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:

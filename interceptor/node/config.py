@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from interceptor.common.config import opt, required
 from interceptor.common.errors import ConfigError
+from interceptor.common.logsetup import LOG_FORMATS
 
 
 @dataclass
@@ -59,7 +60,7 @@ class NodeConfig:
     shutdown_grace: float = opt(5.0, "seconds in-flight requests get on SIGTERM")
     keep_datapath_on_exit: bool = opt(
         False, "leave the datapath in the kernel on exit (guests then wait for restart)")
-    log_format: str = opt("text", "text or json")
+    log_format: str = opt("auto", "text, json, journal, or auto (journal under systemd)")
     log_level: str = opt("info", "debug, info, warning, error")
 
     def validate(self) -> None:
@@ -83,8 +84,9 @@ class NodeConfig:
                     f"config: backend_ca_file is not a readable file: {self.backend_ca_file!r}")
         if not self.tap_patterns:
             raise ConfigError("config: tap_patterns must name at least one pattern")
-        if self.log_format not in ("text", "json"):
-            raise ConfigError(f"config: log_format must be text or json, not {self.log_format!r}")
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(f"config: log_format must be one of {', '.join(LOG_FORMATS)}, "
+                              f"not {self.log_format!r}")
         for name in ("node_name", "node_token", "signing_key"):
             if not getattr(self, name):
                 raise ConfigError(f"config: {name} must not be empty")
