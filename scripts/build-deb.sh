@@ -10,6 +10,10 @@
 #   /usr/lib/interceptor/node-stop-post
 #   /usr/share/doc/interceptor/       README, example configs (examples/*.toml)
 #
+# BCC and kernel headers are Recommends (apt installs them by default): the
+# eBPF datapath needs them, an nft-only node does not (the node imports BCC
+# only for datapath = "ebpf").
+#
 # Maintainer scripts: postinst creates the system user `interceptor` (the
 # backend runs as it), copies the example configs to /etc/interceptor/
 # (mode 0600) only when absent, so an upgrade never overwrites them, and
@@ -63,8 +67,8 @@ Version: $version
 Architecture: $arch
 Maintainer: interceptor developers <interceptor@localhost>
 Installed-Size: $installed_kb
-Depends: python3 (>= 3.11), python3 (<< 3.12), nftables, iproute2, systemd, adduser, python3-bpfcc
-Recommends: linux-headers-amd64
+Depends: python3 (>= 3.11), python3 (<< 3.12), nftables, iproute2, systemd, adduser
+Recommends: python3-bpfcc, linux-headers-amd64
 Section: net
 Priority: optional
 Description: link-local metadata service (169.254.169.254) for virtual machines

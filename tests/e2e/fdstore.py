@@ -30,8 +30,9 @@ _MAX_FDS = 4096
 class FdStore:
     """One service's notification socket and fd store; ``close()`` at the end."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, watchdog_usec: int = 1_000_000) -> None:
         self.path = workdir / "notify.sock"
+        self.watchdog_usec = watchdog_usec  # WatchdogSec= as $WATCHDOG_USEC
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.bind(str(self.path))
         self._lock = threading.Lock()
@@ -79,6 +80,7 @@ class FdStore:
         with self._lock:
             pairs = [(name, fd) for name, fds in self.fds.items() for fd in fds]
         run_env = {**env, "NOTIFY_SOCKET": str(self.path),
+                   "WATCHDOG_USEC": str(self.watchdog_usec),
                    "FDSTORE_PASS_FDS": ",".join(str(fd) for _, fd in pairs),
                    "FDSTORE_PASS_NAMES": ":".join(name for name, _ in pairs),
                    "PYTHONPATH": str(REPO)}

@@ -122,11 +122,11 @@ class ProductStack:
         self.wait_http(f"http://127.0.0.1:{operator_port}/healthz", proc)
         return proc
 
-    def start_node(self, wait_ready: bool = True) -> None:
+    def start_node(self, wait_ready: bool = True, timeout: float = 20.0) -> None:
         cfg = self.work / "node.toml"
         cfg.write_text(_toml("node", self.node_options))
         self.node = self._spawn("node", ["node", "--config", str(cfg)], self.fdstore)
-        self.wait_http(f"http://127.0.0.1:{NODE_OPERATOR_PORT}/healthz", self.node)
+        self.wait_http(f"http://127.0.0.1:{NODE_OPERATOR_PORT}/healthz", self.node, timeout)
         if wait_ready:
             self.wait_http(f"http://127.0.0.1:{NODE_OPERATOR_PORT}/readyz", self.node,
                            allow_unready=True)

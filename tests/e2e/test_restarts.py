@@ -66,6 +66,9 @@ def test_restart_hands_listeners_over_without_guest_failures(
         log = (stack.work / "node.log").read_text()
         assert log.count("(1 tap listeners inherited)") == RESTARTS, log[-4000:]
         assert stack.fdstore.stored() == {"tap." + guest.tap.encode().hex(): 1}
+        # WATCHDOG_USEC=1 s: a ping every 0.5 s from every process's event loop.
+        assert stack.fdstore.count("WATCHDOG") >= 4, stack.fdstore.messages[-20:]
+        assert stack.fdstore.count("STOPPING") == RESTARTS
         print(f"{datapath}: {len(result.samples)} requests across {RESTARTS} restarts, "
               f"0 failures, slowest {result.slowest:.2f}s")
 
