@@ -84,7 +84,7 @@ cat > "$stage/DEBIAN/postinst" <<'EOF'
 set -e
 if [ "$1" = configure ]; then
   if ! getent passwd interceptor >/dev/null; then
-    adduser --system --group --home /var/lib/interceptor --no-create-home \
+    adduser --system --group --home /nonexistent --no-create-home \
       --gecos "interceptor backend" interceptor >/dev/null
   fi
   install -d -m 0755 /etc/interceptor

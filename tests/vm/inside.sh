@@ -39,6 +39,10 @@ datapath = "nft"
 tap_patterns = ["vmtap*"]
 EOF
 check start systemctl enable --now interceptor-backend.service interceptor-node.service
+if ! systemctl is-active -q interceptor-backend.service interceptor-node.service; then
+  journalctl -u interceptor-backend.service -u interceptor-node.service --no-pager -n 60 \
+    | sed 's/^/VMLOG /'
+fi
 check units-active systemctl is-active interceptor-backend.service interceptor-node.service
 check notify-ready sh -c 'systemctl show -p Type,StatusText,WatchdogUSec interceptor-node interceptor-backend | tr "\n" " "; systemctl show -p Type --value interceptor-node | grep -qx notify'
 w1=$(systemctl show -p WatchdogTimestampMonotonic --value interceptor-node)
