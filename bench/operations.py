@@ -159,7 +159,7 @@ async def _pg_restart(seconds: float) -> Row:
             async with ClientSession() as session:
                 api = Api(session, backend.base)
                 tok = await api.customer("c1")
-                await api.server("s1", "c1", token=tok)
+                await api.server("s1", "c1")
                 acked: dict[str, int] = {}
                 refused = 0
                 stop = asyncio.Event()

@@ -37,8 +37,10 @@ chmod 0755 "$stage"
 echo "build-deb: [1/4] virtual environment $prefix (staged in $stage)"
 /usr/bin/python3 -m venv --system-site-packages "$stage$prefix" >>"$log" 2>&1
 echo "build-deb: [2/4] the package and its runtime dependencies (pip; log: $log)"
+# --ignore-installed: every dependency goes into the environment, even one
+# this build machine happens to have as a Debian package (the target may not).
 "$stage$prefix/bin/python" -m pip --disable-pip-version-check --no-input install -q \
-    --no-cache-dir --no-compile "$here" >>"$log" 2>&1 \
+    --no-cache-dir --no-compile --ignore-installed "$here" >>"$log" 2>&1 \
   || { tail -n 30 "$log" >&2; exit 1; }
 # Installers are not needed at run time.
 "$stage$prefix/bin/python" -m pip --disable-pip-version-check uninstall -q -y pip setuptools \

@@ -28,7 +28,7 @@ async def test_postgres_restart_under_load_loses_nothing_acknowledged(
         async with ClientSession() as session:
             api = Api(session, backend.base)
             tok = await api.customer("c1")
-            await api.server("s1", "c1", token=tok)
+            await api.server("s1", "c1")
             rev = (await api.node("GET", "node-a", "/bindings")).body["revision"]
             acked: dict[str, int] = {}
             failed: list[int] = []

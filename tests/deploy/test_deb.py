@@ -68,6 +68,16 @@ def test_contents_and_the_environment_runs_from_the_tree(deb: Path, tmp_path: Pa
                               "--version"], capture_output=True, text=True, timeout=60,
                              check=False)
     assert version.returncode == 0 and version.stdout.startswith("interceptor 0.1.0"), version
+    # Self-contained: with this machine's Debian Python packages hidden, both
+    # daemons' composition roots import (BCC, imported only for eBPF, aside).
+    cfg = root / "opt/interceptor/pyvenv.cfg"
+    cfg.write_text(cfg.read_text().replace("include-system-site-packages = true",
+                                           "include-system-site-packages = false"))
+    imports = subprocess.run([str(root / "opt/interceptor/bin/python"), "-c",
+                              "import interceptor.node.app, interceptor.backend.app, "
+                              "interceptor.backend.store.postgres"],
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert imports.returncode == 0, imports.stderr[-2000:]
 
 
 def test_maintainer_scripts(deb: Path, tmp_path: Path) -> None:
