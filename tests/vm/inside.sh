@@ -39,11 +39,11 @@ datapath = "nft"
 tap_patterns = ["vmtap*"]
 EOF
 check start systemctl enable --now interceptor-backend.service interceptor-node.service
-if ! systemctl is-active -q interceptor-backend.service interceptor-node.service; then
-  journalctl -u interceptor-backend.service -u interceptor-node.service --no-pager -n 60 \
-    | sed 's/^/VMLOG /'
-fi
-check units-active systemctl is-active interceptor-backend.service interceptor-node.service
+dump() { journalctl -u "$1" --no-pager -n 50 | sed "s/^/VMLOG /"; }
+for unit in interceptor-backend.service interceptor-node.service; do
+  systemctl is-active -q "$unit" || dump "$unit"
+done
+check units-active sh -c 'systemctl is-active interceptor-backend.service && systemctl is-active interceptor-node.service'
 check notify-ready sh -c 'systemctl show -p Type,StatusText,WatchdogUSec interceptor-node interceptor-backend | tr "\n" " "; systemctl show -p Type --value interceptor-node | grep -qx notify'
 w1=$(systemctl show -p WatchdogTimestampMonotonic --value interceptor-node)
 sleep 20
@@ -75,6 +75,7 @@ sleep 3
 for i in 1 2 3; do systemctl restart interceptor-node.service; sleep 2; done
 touch /run/stop-poll
 wait $poller
+systemctl is-active -q interceptor-node.service || dump interceptor-node.service
 check restart-0-failures sh -c 'total=$(wc -l </run/poll.log); bad=$(grep -vcx 200 /run/poll.log); echo "requests=$total failures=$bad"; test "$total" -gt 10 && test "$bad" = 0'
 check restart-handed-over sh -c 'n=$(journalctl -u interceptor-node --no-pager | grep -c "(1 tap listeners inherited)"); echo "inherited=$n"; test "$n" -ge 3'
 check datapath-while-running sh -c 'nft list tables | grep -q "inet interceptor"'

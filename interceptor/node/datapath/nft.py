@@ -257,7 +257,7 @@ update @cnt_steered {{ iif }} tproxy ip to {md}:{cfg.listen_port} accept
     meta mark & 0x{MARK_MASK:08x} == 0x{MARK_TAG:08x} ip daddr {md} tcp dport {cfg.listen_port} \
 accept
     ct state established,related accept
-    meta l4proto {{ icmp, ipv6-icmp }} accept
+    meta l4proto {{ 1, 58 }} accept comment "ICMP, ICMPv6 (no names: no /etc/protocols needed)"
 {allow}    iif @managed update @cnt_input_drop {{ iif }} drop \
 comment "no other host service for guests"
     counter drop comment "the same, through a bridge (iif is the bridge: not counted per tap)"
