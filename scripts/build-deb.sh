@@ -134,7 +134,7 @@ set -e
 if [ "$1" = purge ]; then
   rm -f /etc/interceptor/node.toml /etc/interceptor/backend.toml
   rmdir /etc/interceptor 2>/dev/null || true
-  rm -rf /var/lib/interceptor
+  rm -rf /var/lib/interceptor /var/lib/interceptor-node
   if getent passwd interceptor >/dev/null; then
     deluser --system interceptor >/dev/null 2>&1 || true
   fi

@@ -55,7 +55,7 @@ class NodeConfig:
     bpf_instance: str = opt(
         "default", "eBPF: pins live in /sys/fs/bpf/interceptor/<bpf_instance>/")
     state_dir: str = opt(
-        "/var/lib/interceptor/node",
+        "/var/lib/interceptor-node",
         "where the daemon keeps which tap incarnation each binding serves (survives restarts)")
     shutdown_grace: float = opt(5.0, "seconds in-flight requests get on SIGTERM")
     keep_datapath_on_exit: bool = opt(
