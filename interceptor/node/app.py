@@ -21,7 +21,7 @@ from interceptor.formats.router import render_path
 from interceptor.node.backend_client import BackendClient, BackendError
 from interceptor.node.cache import DocumentCache
 from interceptor.node.config import NodeConfig
-from interceptor.node.datapath.base import HEARTBEAT_INTERVAL_S, Datapath
+from interceptor.node.datapath.base import HANDOVER_GRACE_S, HEARTBEAT_INTERVAL_S, Datapath
 from interceptor.node.datapath.links import Links, LinkWatcher
 from interceptor.node.datapath.listeners import ListenerStore
 from interceptor.node.desired_state import Link
@@ -94,6 +94,11 @@ class NodeDaemon:
             await asyncio.to_thread(datapath.install)
             if not cfg.keep_datapath_on_exit:
                 stack.push_async_callback(asyncio.to_thread, datapath.remove)
+            if cfg.keep_datapath_on_exit:
+                # Unwound last: listeners left with the service manager are
+                # steered to while the next process starts (a killed daemon
+                # gets no such grace: its guests get RSTs).
+                stack.push_async_callback(_handover_grace, datapath, listeners)
             # Unwound late: the heartbeat lasts until the listeners are closed.
             heartbeat = asyncio.create_task(_heartbeat(datapath), name="datapath-heartbeat")
             stack.push_async_callback(_cancel, [heartbeat])
@@ -236,6 +241,14 @@ async def _guard_datapath(taps: TapManager, interval: float) -> None:
             await taps.repair()
         except DatapathError as exc:
             log.error("reinstalling the datapath failed: %s", exc)
+
+
+async def _handover_grace(datapath: Datapath, listeners: ListenerStore) -> None:
+    if listeners.handed_over:
+        try:
+            await asyncio.to_thread(datapath.heartbeat, HANDOVER_GRACE_S)
+        except DatapathError as exc:
+            log.warning("could not extend the datapath heartbeat for the hand-over: %s", exc)
 
 
 async def _heartbeat(datapath: Datapath) -> None:

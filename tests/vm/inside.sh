@@ -55,6 +55,9 @@ check journal-fields sh -c 'journalctl -u interceptor-node -o json --no-pager | 
 ip netns add guest
 ip link add vmtap0 type veth peer name eth0 netns guest
 ip link set vmtap0 up
+# A routed tap: the node routes the guest's address back through it (systemd's
+# sysctl defaults set rp_filter=2, which drops sources the node cannot route).
+ip route add 10.0.0.2/32 dev vmtap0
 ip -n guest link set lo up
 ip -n guest link set eth0 up
 ip -n guest addr add 10.0.0.2/24 dev eth0
@@ -65,6 +68,7 @@ interceptor ctl server create --id i-vm-1 --customer c1 --hostname vm-guest >/de
 interceptor ctl server bind i-vm-1 --node vm-node --ifname vmtap0 >/dev/null
 read_id() { ip netns exec guest curl -s --max-time 10 http://169.254.169.254/latest/meta-data/instance-id; }
 for _ in $(seq 1 60); do [ "$(read_id)" = i-vm-1 ] && break; sleep 1; done
+[ "$(read_id)" = i-vm-1 ] || { dump interceptor-node.service; ip netns exec guest curl -sv --max-time 5 http://169.254.169.254/latest/meta-data/instance-id 2>&1 | sed "s/^/VMLOG /"; sysctl net.ipv4.conf.all.rp_filter | sed "s/^/VMLOG /"; }
 check guest-reads-metadata sh -c "test \"\$(ip netns exec guest curl -s --max-time 10 http://169.254.169.254/latest/meta-data/instance-id)\" = i-vm-1 && echo i-vm-1"
 check fd-store sh -c 'n=$(systemctl show -p NFileDescriptorStore --value interceptor-node); echo "stored=$n"; test "$n" = 1'
 

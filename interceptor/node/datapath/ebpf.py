@@ -213,7 +213,7 @@ class EbpfDatapath:
         self._attached = set()
         self._reconciled = False
 
-    def heartbeat(self) -> None:
+    def heartbeat(self, lasting: float | None = None) -> None:
         """Nothing to renew: the program sees for itself that a tap has no
         socket (bpf_skc_lookup_tcp) and answers with a RST."""
 

@@ -139,6 +139,8 @@ class ListenerStore:
         self._ifindex_of = ifindex_of
         self.adopted: set[str] = set()
         """Taps whose listener came from the previous process (for logs and tests)."""
+        self.handed_over = bool(self._inherited)
+        """True once a service manager holds listeners for the next process."""
 
     @classmethod
     def from_environment(cls) -> ListenerStore:
@@ -167,7 +169,8 @@ class ListenerStore:
         sock = self._open_listener(ifname, address, port)
         name = fdname_for(ifname)
         self._withdraw(ifname)  # at most one stored listener per tap
-        self._notify(f"FDSTORE=1\nFDNAME={name}", [sock.fileno()])
+        if self._notify(f"FDSTORE=1\nFDNAME={name}", [sock.fileno()]):
+            self.handed_over = True
         return sock
 
     def released(self, ifname: str) -> None:

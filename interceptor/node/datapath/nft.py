@@ -392,7 +392,7 @@ class NftDatapath:
         # rewrites all of it (flush and re-add in one transaction).
         self._applied = None if carried else _Applied()
 
-    def heartbeat(self) -> None:
+    def heartbeat(self, lasting: float | None = None) -> None:
         """Renew the ``alive`` element. While it lives, steered taps go to their
         listeners; once the daemon is gone for ALIVE_TIMEOUT_S (killed, hung)
         the ingress chain answers their SYNs with a RST instead of steering
@@ -400,13 +400,14 @@ class NftDatapath:
         tproxy target has a socket before the packet is routed, and a RST sent
         after routing is lost to guests with unrouted or overlapping
         addresses; the ingress chain's RST goes straight back out the tap."""
-        self._apply(self._alive_batch())
+        self._apply(self._alive_batch(lasting))
 
-    def _alive_batch(self) -> str:
+    def _alive_batch(self, lasting: float | None = None) -> str:
         t, port = self.cfg.table, self.cfg.metadata_port
         return (f"add element netdev {t} alive {{ {port} }}\n"
                 f"delete element netdev {t} alive {{ {port} }}\n"
-                f"add element netdev {t} alive {{ {port} timeout {ALIVE_TIMEOUT_S}s }}\n")
+                f"add element netdev {t} alive {{ {port} timeout "
+                f"{max(1, round(lasting or ALIVE_TIMEOUT_S))}s }}\n")
 
     def _carry_over(self) -> str:
         """Batch lines re-adding the per-tap elements and ingress hooks now in

@@ -103,6 +103,7 @@ def test_store_adopts_a_fitting_listener_and_publishes_new_ones() -> None:
     assert opened == ["lo2"]
     assert sent[-2] == (f"FDSTOREREMOVE=1\nFDNAME={fdname_for('lo2')}", [])
     assert sent[-1] == (f"FDSTORE=1\nFDNAME={fdname_for('lo2')}", [fresh.fileno()])
+    assert store.handed_over  # the manager took it: the datapath gets the hand-over grace
     store.released("lo2")
     assert sent[-1] == (f"FDSTOREREMOVE=1\nFDNAME={fdname_for('lo2')}", [])
     inherited.close()
