@@ -84,6 +84,7 @@ its output for the default configuration, for operators to review.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -170,6 +171,10 @@ class NftConfig:
     route_table: int = DEFAULT_TABLE
     rule_pref: int = DEFAULT_PREF
     nft_binary: str = "nft"
+    # Kernels built without CONFIG_NFT_REJECT_NETDEV (Debian 12's 6.1 among
+    # them) cannot send the netdev chain's RSTs: install() probes and, there,
+    # drops instead (guests then wait for their own timeout, still fail closed).
+    netdev_reject: bool = True
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.table):
@@ -283,6 +288,7 @@ def render_ingress_chain(cfg: NftConfig, shard: int, devices: Sequence[str]) -> 
     mac = cfg.arp_reply_mac
     devs = _quoted(devices)
     arp_on = "" if cfg.arp_when_refused else "iif @steered "
+    refuse = "reject with tcp reset" if cfg.netdev_reject else "drop"
     return f"""\
 table netdev {t} {{
   chain {shard_name(shard)} {{
@@ -298,9 +304,9 @@ arp saddr ip set {md} arp operation set reply fwd to iif
     arp operation reply meta pkttype host iif @steered ether daddr set {BYPASS_MAC} \
 accept comment "to the tap, not its bridge: the host resolves guests on the tap"
     ip daddr {md} iif @steered tcp dport {cfg.metadata_port} tcp dport != @alive \
-update @cnt_refused {{ iif }} reject with tcp reset comment "no daemon alive: fail fast"
+update @cnt_refused {{ iif }} {refuse} comment "no daemon alive: fail fast"
     ip daddr {md} iif @steered meta pkttype set host ether daddr set {BYPASS_MAC} accept
-    ip daddr {md} meta l4proto tcp update @cnt_refused {{ iif }} reject with tcp reset
+    ip daddr {md} meta l4proto tcp update @cnt_refused {{ iif }} {refuse}
     ip daddr {md} drop
   }}
 }}
@@ -375,6 +381,10 @@ class NftDatapath:
         replaces them, so guests see no gap. The ``alive`` heartbeat starts
         fresh (see :meth:`heartbeat`).
         """
+        if self.cfg.netdev_reject and not self._netdev_reject_works():
+            log.warning("nft: this kernel cannot reject in netdev chains "
+                        "(CONFIG_NFT_REJECT_NETDEV): refused guests are dropped, not reset")
+            self.cfg = dataclasses.replace(self.cfg, netdev_reject=False)
         t = self.cfg.table
         replace = (f"add table inet {t}\ndelete table inet {t}\n"
                    f"add table netdev {t}\ndelete table netdev {t}\n" + render_ruleset(self.cfg))
@@ -391,6 +401,19 @@ class NftDatapath:
         # Carried-over state is not what this process synced: the first sync
         # rewrites all of it (flush and re-add in one transaction).
         self._applied = None if carried else _Applied()
+
+    def _netdev_reject_works(self) -> bool:
+        """A dry run (``nft --check``, checked by the kernel, nothing applied)
+        of a netdev chain with a reject rule."""
+        probe = f"{self.cfg.table}_probe"
+        try:
+            self._nft(["-c", "-f", "-"], stdin=(
+                f"add table netdev {probe}\n"
+                f"add chain netdev {probe} c {{ type filter hook ingress device lo priority 0; }}\n"
+                f"add rule netdev {probe} c meta l4proto tcp reject with tcp reset\n"))
+        except DatapathError:
+            return False
+        return True
 
     def heartbeat(self, lasting: float | None = None) -> None:
         """Renew the ``alive`` element. While it lives, steered taps go to their
