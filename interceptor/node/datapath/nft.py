@@ -378,8 +378,8 @@ class NftDatapath:
         ingress hooks are carried into the new tables in that transaction too:
         a restarted daemon keeps steering its predecessor's taps (to the
         listeners it inherits, see listeners.py) until its first ``sync``
-        replaces them, so guests see no gap. The ``alive`` heartbeat starts
-        fresh (see :meth:`heartbeat`).
+        replaces them, so guests see no gap. ``alive`` starts without a
+        timeout until the first :meth:`heartbeat`.
         """
         if self.cfg.netdev_reject and not self._netdev_reject_works():
             log.warning("nft: this kernel cannot reject in netdev chains "
@@ -390,13 +390,13 @@ class NftDatapath:
                    f"add table netdev {t}\ndelete table netdev {t}\n" + render_ruleset(self.cfg))
         carried = self._carry_over() if self._tables_exist() else ""
         try:
-            self._apply(replace + carried + self._alive_batch())
+            self._apply(replace + carried + self._alive_until_heartbeat())
         except DatapathError as exc:
             if not carried:
                 raise
             log.warning("nft: could not carry the previous taps over (%s); starting empty", exc)
             carried = ""
-            self._apply(replace + self._alive_batch())
+            self._apply(replace + self._alive_until_heartbeat())
         self.routing.install()
         # Carried-over state is not what this process synced: the first sync
         # rewrites all of it (flush and re-add in one transaction).
@@ -424,6 +424,12 @@ class NftDatapath:
         after routing is lost to guests with unrouted or overlapping
         addresses; the ingress chain's RST goes straight back out the tap."""
         self._apply(self._alive_batch(lasting))
+
+    def _alive_until_heartbeat(self) -> str:
+        """``alive`` without a timeout: steering works for any user of the
+        datapath; the daemon's first heartbeat (right after install) makes it
+        lapse without one."""
+        return f"add element netdev {self.cfg.table} alive {{ {self.cfg.metadata_port} }}\n"
 
     def _alive_batch(self, lasting: float | None = None) -> str:
         t, port = self.cfg.table, self.cfg.metadata_port
