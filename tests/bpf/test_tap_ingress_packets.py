@@ -178,11 +178,17 @@ def test_ip_options_are_skipped_by_ihl(lab: PacketLab, dp: EbpfDatapath) -> None
     assert res.mark == mark_for(lab.ifindex["ena"])
 
 
-def test_enabled_tap_without_listener_drops(lab: PacketLab, dp: EbpfDatapath) -> None:
+def test_enabled_tap_without_listener_gets_a_reset(lab: PacketLab, dp: EbpfDatapath) -> None:
+    """No socket on the tap (the daemon was killed): the guest is refused at
+    once, by the RST a closed port sends, straight back out of the tap."""
     before = counts(dp, "enb")
-    res = run(dp, lab, "enb", syn())
-    assert res.retval == TC_ACT_SHOT
+    res = run(dp, lab, "enb", syn(sport=40004))
+    assert res.retval == TC_ACT_REDIRECT
     assert res.mark == 0
+    rst = Ether(res.data)
+    assert (rst[IP].src, rst[IP].dst) == (MD, GUEST_IP)
+    assert (rst[TCP].sport, rst[TCP].dport, rst[TCP].flags) == (80, 40004, "RA")
+    assert checksums_valid(res.data)
     assert delta(before, counts(dp, "enb")) == {"no_listener": 1}
 
 
@@ -198,7 +204,8 @@ def test_host_wildcard_listener_is_never_chosen(lab: PacketLab, dp: EbpfDatapath
         host.bind(("0.0.0.0", 80))
         host.listen()
         res = run(dp, lab, "ena", syn(sport=40010))
-        assert (res.retval, res.mark) == (TC_ACT_SHOT, 0)
+        assert (res.retval, res.mark) == (TC_ACT_REDIRECT, 0)  # a RST to the guest
+        assert Ether(res.data)[TCP].flags == "RA"
     finally:
         host.close()
         for name in LISTENING:
@@ -209,7 +216,7 @@ def test_host_wildcard_listener_is_never_chosen(lab: PacketLab, dp: EbpfDatapath
 def test_listener_of_another_tap_is_never_chosen(lab: PacketLab, dp: EbpfDatapath) -> None:
     # enb has no listener; ena's (bound to ena) must not be used for enb.
     res = run(dp, lab, "enb", syn(sport=40002))
-    assert res.retval == TC_ACT_SHOT
+    assert res.retval == TC_ACT_REDIRECT and res.mark == 0  # refused, not steered
 
 
 def test_syn_on_refused_tap_gets_a_reset(lab: PacketLab, dp: EbpfDatapath) -> None:
