@@ -69,6 +69,8 @@ class NodeConfig:
         if self.disabled_action not in ("reset", "403"):
             raise ConfigError(
                 f"config: disabled_action must be reset or 403, not {self.disabled_action!r}")
+        if isinstance(self.backend_url, str):  # built in code rather than loaded
+            self.backend_url = [self.backend_url]
         if not self.backend_url:
             raise ConfigError("config: backend_url must name at least one URL")
         for url in self.backend_url:
