@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bench.fleet import Fleet
-from tests.e2e.netns import Guest, Topology, sh
+from tests.lab import Guest, Topology, sh
 
 NGINX = "/usr/sbin/nginx"
 

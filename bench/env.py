@@ -1,24 +1,22 @@
 """The product under test: real backend and node daemon in a node namespace.
 
-Reuses the end-to-end harness (``tests/e2e/netns.Topology`` for the
+Reuses the end-to-end harness (``tests/lab`` (``Topology``) for the
 namespaces, ``tests/e2e/stack.ProductStack`` for the processes), adds bulk
-instance creation over the owner API and the per-VM limit lifting the
-throughput benchmarks need. ``bench_stack`` removes everything on exit.
+instance creation over the owner API, and the node options the capacity
+benchmarks run with (``UNLIMITED``: limits lifted through the daemon's own
+options, nothing changed behind its back). ``bench_stack`` removes
+everything on exit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import os
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from bench.netns_client import AdminApi, Namespaces, fetch, metric_value
-from tests.e2e.netns import Topology, sh
 from tests.e2e.stack import (
     BACKEND_OPERATOR_PORT,
     BACKEND_PORT,
@@ -26,10 +24,16 @@ from tests.e2e.stack import (
     ProductStack,
     product,
 )
+from tests.lab import Topology
 
 CUSTOMER = "cust-bench"
-UNLIMITED = {"rate_limit": 0.0}
-"""Node options for capacity runs: no per-VM request rate limit (429)."""
+NO_VM_LIMIT: dict[str, Any] = {"rate_limit": 0.0}
+"""Node options without the per-VM request rate limit (429); the per-tap
+connection guards as the product ships them."""
+UNLIMITED: dict[str, Any] = {**NO_VM_LIMIT, "syn_rate": 0, "max_connections": 0}
+"""Node options for capacity runs: no per-VM rate limit and no per-tap SYN
+rate or connection limit (0 = no limit on both datapaths), so throughput
+measures the server and not the guards (README, "Findings")."""
 
 
 @dataclass
@@ -65,6 +69,14 @@ class Bench:
 
         await asyncio.gather(*(one(iid, tap) for iid, tap in pairs))
 
+    async def serve_fleet(self, taps: list[str], prefix: str) -> list[str]:
+        """One bound instance per tap (``i-bench-<prefix><n>``), returned once
+        the node has a listener on every one of them."""
+        iids = [f"i-bench-{prefix}{i}" for i in range(len(taps))]
+        await self.create_instances(list(zip(iids, taps, strict=True)))
+        await self.wait_taps(len(taps))
+        return iids
+
     async def bind(self, iid: str, tap: str) -> None:
         """The platform plugs ``tap`` into ``iid``."""
         await self.admin.ok("PUT", f"/v1/servers/{iid}/bindings/{self.stack.node_name}/{tap}",
@@ -88,7 +100,8 @@ class Bench:
         return reply.json()
 
     async def unbind(self, iid: str) -> None:
-        await self.admin.ok("PATCH", f"/v1/servers/{iid}", {"bindings": []})
+        """The platform unplugs every tap of ``iid``."""
+        await self.admin.ok("DELETE", f"/v1/servers/{iid}/bindings", None)
 
     async def wait_taps(self, count: int, timeout: float = 120.0) -> float:
         """Wait until the node has ``count`` guest listeners; seconds waited."""
@@ -101,66 +114,6 @@ class Bench:
             if loop.time() - start > timeout:
                 raise TimeoutError(f"node serves {have} taps, wanted {count}, after {timeout}s")
             await asyncio.sleep(0.2)
-
-
-def lift_syn_limit(bench: Bench) -> bool:
-    """Lift the per-tap new-connection guards of the bench's own daemon, so
-    new-connection throughput measures the server and not the guards. They
-    are not configurable in NodeConfig (see README).
-
-    * nft: delete the SYN rate limit rule (20/s, burst 40) and the per-tap
-      ``ct count over 64`` rule from the daemon's table in the bench's node
-      namespace. The second one has to go too: under thousands of new
-      connections a second its connection count runs ahead of the open
-      connections (closed ones are collected lazily), so it drops SYNs with
-      only 32 connections open and every drop costs the client a 1 s
-      retransmit (README, "Findings").
-    * eBPF: set ``syn_interval_ns`` to 0 (no limit) in the pinned config map
-      (the eBPF datapath has no connection count).
-
-    True when the guards are off."""
-    if bench.stack.datapath == "ebpf":
-        # The daemon's bpffs is in its own mount namespace (ip netns exec
-        # remounts /sys): reach the pin through the process's root.
-        return _lift_ebpf(f"/proc/{bench.node_pid}/root{bench.stack.pin_dir}/config")
-    listing = sh(["nft", "-a", "list", "chain", "inet", "interceptor", "steer"],
-                 netns=bench.topo.node).stdout
-    removed = 0
-    for line in listing.splitlines():
-        if ("@syn_rl" in line or "@conn_ct" in line) and "# handle" in line:
-            handle = line.rsplit("# handle", 1)[1].strip()
-            sh(["nft", "delete", "rule", "inet", "interceptor", "steer", "handle", handle],
-               netns=bench.topo.node)
-            removed += 1
-    return removed == 2 or ("@syn_rl" not in listing and "@conn_ct" not in listing)
-
-
-class _ElemAttr(ctypes.Structure):
-    _fields_ = [("map_fd", ctypes.c_uint32), ("_pad", ctypes.c_uint32),
-                ("key", ctypes.c_uint64), ("value", ctypes.c_uint64),
-                ("flags", ctypes.c_uint64)]
-
-
-_BPF_MAP_LOOKUP_ELEM = 1
-_BPF_MAP_UPDATE_ELEM = 2
-_SYN_INTERVAL_OFFSET = 16  # struct dp_config in bpf/tap_ingress.c
-
-
-def _lift_ebpf(config_pin: str) -> bool:
-    from interceptor.node.datapath import ebpf_syscall
-
-    fd = ebpf_syscall.obj_get(config_pin)
-    try:
-        size = ebpf_syscall.map_info(fd).value_size
-        key = ctypes.c_uint32(0)
-        value = ctypes.create_string_buffer(size)
-        attr = _ElemAttr(map_fd=fd, key=ctypes.addressof(key), value=ctypes.addressof(value))
-        ebpf_syscall._bpf(_BPF_MAP_LOOKUP_ELEM, attr)
-        struct.pack_into("<Q", value, _SYN_INTERVAL_OFFSET, 0)
-        ebpf_syscall._bpf(_BPF_MAP_UPDATE_ELEM, attr)
-    finally:
-        os.close(fd)
-    return True
 
 
 @contextlib.contextmanager

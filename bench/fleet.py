@@ -17,7 +17,7 @@ import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from tests.e2e.netns import Topology, sh
+from tests.lab import Topology, sh
 
 ARP_MAC = "02:a9:fe:a9:fe:00"  # the datapath's fake MAC for 169.254.169.254
 

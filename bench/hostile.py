@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from bench.suites import Options, Row, verdict
+from bench.suites_base import Options, Row, verdict
 from tests.e2e.hostile import LIFTED, attack_matrix, scene
 
 

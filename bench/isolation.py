@@ -19,7 +19,7 @@ from bench.env import bench_stack
 from bench.fleet import Fleet
 from bench.loadgen import LoadResult, fixed_rate
 from bench.netns_client import percentile
-from bench.suites import PATH, URL, Options, Row, verdict, wait_served
+from bench.suites_base import PATH, URL, Options, Row, verdict, wait_served
 from bench.wrk import wrk
 
 TARGET_RATIO = 2.0

@@ -13,7 +13,6 @@ Only what the bench needs: GET/PUT/PATCH with a small body, a
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import json
 import os
 import socket
@@ -22,8 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-CLONE_NEWNET = 0x40000000
-_LIBC = ctypes.CDLL(None, use_errno=True)
+from tests.lab import metric_sum, setns_fd
 
 
 class HttpError(RuntimeError):
@@ -47,13 +45,11 @@ class Namespaces:
     def socket(self, netns: str) -> socket.socket:
         """A non-blocking TCP socket in ``netns``."""
         with self._lock:
-            if _LIBC.setns(self._fd(netns), CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), f"setns {netns}")
+            setns_fd(self._fd(netns), netns)
             try:
                 sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             finally:
-                if _LIBC.setns(self._home, CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), "setns back home")
+                setns_fd(self._home, "back home")
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
@@ -180,18 +176,7 @@ async def metric_value(ns: Namespaces, netns: str, port: int, name: str,
                        labels: dict[str, str] | None = None) -> float:
     """Sum of the samples of ``name`` (a counter's ``_total`` too) matching ``labels``."""
     reply = await fetch(ns, netns, "/metrics", host="127.0.0.1", port=port, timeout=10.0)
-    total = 0.0
-    for line in reply.body.decode().splitlines():
-        if line.startswith("#"):
-            continue
-        series, _, value = line.rpartition(" ")
-        metric, _, label_text = series.partition("{")
-        if metric not in (name, name + "_total"):
-            continue
-        if labels and not all(f'{k}="{v}"' in label_text for k, v in labels.items()):
-            continue
-        total += float(value)
-    return total
+    return metric_sum(reply.body.decode(), name, labels)
 
 
 class LeanClient:

@@ -22,12 +22,12 @@ import signal
 import time
 from pathlib import Path
 
-from bench.suites import Options, Row, verdict
+from bench.suites_base import Options, Row, verdict
 from tests.backend.support import Api, PgServer, start_backend, stop_backend
-from tests.e2e.netns import Guest, Topology, _readline
 from tests.e2e.poller import GuestPoller
 from tests.e2e.stack import BACKEND_PORT, ProductStack, get, metric, product
 from tests.e2e.test_storm import CRAWL_PATHS, _client, _create_many, _finish
+from tests.lab import Guest, Topology, readline
 
 RESTART_SERVE_TARGET_S = 3.0
 CLIENT_TIMEOUT_S = 20.0  # the polling guest's per-request timeout
@@ -125,7 +125,7 @@ def _failover(guests: int) -> Row:
             stack.wait_listeners(guests)
             procs = [_client(g, "crawl", json.dumps(CRAWL_PATHS), "4") for g in members]
             for proc in procs:
-                _readline(proc, 30.0)
+                readline(proc, 30.0)
             for proc in procs:
                 assert proc.stdin is not None
                 proc.stdin.write("go\n")
@@ -133,8 +133,9 @@ def _failover(guests: int) -> Row:
             time.sleep(0.05)
             stack.stop_backend(signal.SIGKILL)
             summaries = [_finish(p) for p in procs]
-            failed = sum(1 for s in summaries for r in s["results"].values()  # type: ignore[attr-defined]
-                         if r[0] not in (200, 404))
+            failed = len([r for s in summaries
+                          for r in s["results"].values()  # type: ignore[attr-defined]
+                          if r[0] not in (200, 404)])
             fetched = metric(stack.node_metrics(), "interceptor_node_backend_requests_total",
                              op="document", outcome="200")
     finally:

@@ -11,7 +11,7 @@ import time
 
 import httptools
 
-from bench.suites import Options, Row
+from bench.suites_base import Options, Row
 from interceptor.node.http_parser import RequestReader
 from interceptor.node.limits import HttpLimits
 from tests.fuzz.cloudinit_seeds import captured_requests

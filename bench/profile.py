@@ -19,8 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.env import UNLIMITED, bench_stack, lift_syn_limit
-from bench.suites import PATH, URL, wait_served
+from bench.env import UNLIMITED, bench_stack
+from bench.suites_base import PATH, URL, wait_served
 from bench.wrk import wrk
 
 
@@ -51,8 +51,6 @@ async def _run(args: argparse.Namespace) -> str:
         guest = bench.topo.add_guest()
         await bench.create_instances([("i-bench-prof", guest.tap)])
         await wait_served(bench, guest.netns, "i-bench-prof")
-        if args.close:
-            lift_syn_limit(bench)
         proc = subprocess.Popen(
             [spy, "record", "--pid", str(bench.node_pid), "--duration", str(args.seconds),
              "--rate", "200", "--format", "raw", "--output", args.out, "--nonblocking"],

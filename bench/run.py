@@ -20,7 +20,8 @@ import sys
 import time
 import traceback
 
-from bench.suites import BENCHMARKS, Options, Row
+from bench.suites import BENCHMARKS
+from bench.suites_base import Options, Row
 
 
 def _parser() -> argparse.ArgumentParser:

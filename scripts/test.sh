@@ -10,6 +10,7 @@ bash scripts/setup.sh
 py=.venv/bin/python
 echo "== ruff"; "$py" -m ruff check interceptor tests bench
 echo "== mypy --strict"; "$py" -m mypy
+echo "== import layers"; .venv/bin/lint-imports --no-cache
 echo "== pytest"
 status=0
 "$py" -m pytest -p no:cacheprovider -ra "$@" || status=$?

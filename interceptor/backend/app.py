@@ -33,9 +33,9 @@ from interceptor.backend.documents import VendorSource
 from interceptor.backend.metrics import BackendMetrics
 from interceptor.backend.middleware import make_middleware
 from interceptor.backend.openapi import add_routes as add_openapi
-from interceptor.backend.ratelimit import RateLimiter
 from interceptor.backend.store import open_store
 from interceptor.backend.store.timed import timed_store
+from interceptor.common.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 

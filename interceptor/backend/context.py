@@ -16,8 +16,8 @@ from interceptor.backend.changes import ChangeNotifier
 from interceptor.backend.documents import VendorSource
 from interceptor.backend.limits import Limits
 from interceptor.backend.metrics import BackendMetrics
-from interceptor.backend.ratelimit import RateLimiter
 from interceptor.backend.store.base import Change, Delete, Put, Store
+from interceptor.common.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 

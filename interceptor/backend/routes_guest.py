@@ -38,8 +38,8 @@ from interceptor.backend.objects import (
     require_customer_or_admin,
     update,
 )
+from interceptor.backend.routes_common import check_server_size
 from interceptor.backend.routes_nodes import _bound, _guest_check, _node, _write_allowed
-from interceptor.backend.routes_owner import _size_check
 from interceptor.backend.store import base
 
 GUEST_CLASSES = ("public", "restricted")
@@ -70,7 +70,7 @@ async def put_meta_key(request: web.Request) -> web.Response:
     def mutate(r: base.Record) -> tuple[list[base.Put | base.Delete], base.Change]:
         meta = {**r.data["meta"], cls: {**r.data["meta"].get(cls, {}), key: value}}
         model.check_object_meta(meta, ctx.limits)
-        _size_check(ctx, r.data["spec"], meta)
+        check_server_size(ctx, r.data["spec"], meta)
         data = consumed.lifted({**r.data, "meta": meta}, cls, [key])
         return [put_of(r, data)], base.Change([iid], kind="server")
 

@@ -62,7 +62,7 @@ async def _signed_body(request: web.Request, limit: int) -> bytes:
 
 
 def _write_allowed(ctx: Backend, iid: str) -> None:
-    wait = ctx.guest_writes.allow(iid)
+    wait = ctx.guest_writes.take(iid)
     if wait > 0:
         raise TooManyRequests(f"too many guest writes for instance {iid}", wait)
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from interceptor.backend import model, occi, routes_owner
+from interceptor.backend import model, occi, routes_servers
 from interceptor.backend.context import BACKEND, Backend
 from interceptor.backend.errors import BadRequest, Forbidden
 from interceptor.backend.httputil import read_body
@@ -134,7 +134,7 @@ async def create_compute(request: web.Request) -> web.Response:
         raise Forbidden("server ids are chosen by the platform (occi.core.id: admin only)")
     sid = model.check_id(sid, "occi.core.id") if sid else f"i-{secrets.token_hex(6)}"
     # The same creation as POST /v1/servers (validation, references, records).
-    await routes_owner._create_server(ctx, who, sid, body, 0)
+    await routes_servers._create_server(ctx, who, sid, body, 0)
     location = f"{request.scheme}://{request.host}{ROOT}/compute/{sid}"
     return _respond(request, occi.lines_of(locations=[location]), status=201,
                     location=location)

@@ -22,6 +22,7 @@ from interceptor.node.backend_client import BackendClient, BackendError
 from interceptor.node.cache import DocumentCache
 from interceptor.node.config import NodeConfig
 from interceptor.node.datapath.base import HANDOVER_GRACE_S, HEARTBEAT_INTERVAL_S, Datapath
+from interceptor.node.datapath.contract import options_from
 from interceptor.node.datapath.links import Links, LinkWatcher
 from interceptor.node.datapath.listeners import ListenerStore
 from interceptor.node.desired_state import Link
@@ -37,33 +38,23 @@ from interceptor.node.watcher import FeedWatcher
 
 log = logging.getLogger(__name__)
 
+NO_LIMIT = 1 << 31  # max_connections = 0: no limit, in the HTTP server as in the kernel
+
 
 def make_datapath(config: NodeConfig) -> Datapath:
-    """The configured datapath; imports lazily so nft-only hosts need no BCC."""
+    """The configured datapath (options mapped by ``contract.options_from``);
+    imports lazily so nft-only hosts need no BCC."""
     if config.datapath == "ebpf":
         from interceptor.node.datapath.ebpf import EbpfConfig, EbpfDatapath
 
-        return EbpfDatapath(EbpfConfig(
-            instance=config.bpf_instance, route_table=config.route_table,
-            rule_pref=config.rule_priority, arp_when_refused=True,
-            syn_rate_per_s=config.syn_rate, syn_burst=config.syn_burst,
-            input_allow_udp=tuple(int(p) for p in config.host_allow_udp),
-            input_allow_tcp=tuple(int(p) for p in config.host_allow_tcp)))
+        return EbpfDatapath(EbpfConfig(instance=config.bpf_instance, **options_from(config)))
     return _nft(config)
 
 
 def _nft(config: NodeConfig) -> Datapath:
     from interceptor.node.datapath.nft import NftConfig, NftDatapath
 
-    return NftDatapath(NftConfig(
-        table=config.nft_table, route_table=config.route_table,
-        rule_pref=config.rule_priority, metadata_address=config.metadata_address,
-        metadata_port=config.metadata_port, listen_port=config.metadata_port,
-        patterns=tuple(config.tap_patterns), arp_when_refused=True,
-        syn_rate_per_s=config.syn_rate, syn_burst=config.syn_burst,
-        max_connections=config.max_connections,
-        input_allow_udp=tuple(int(p) for p in config.host_allow_udp),
-        input_allow_tcp=tuple(int(p) for p in config.host_allow_tcp)))
+    return NftDatapath(NftConfig(table=config.nft_table, **options_from(config)))
 
 
 def all_datapaths(config: NodeConfig) -> list[Datapath]:
@@ -119,7 +110,7 @@ class NodeDaemon:
                            metrics=self.metrics)
             server = GuestHttpServer(
                 api.handle, metrics=self.metrics,
-                limits=HttpLimits(max_connections_per_tap=cfg.max_connections))
+                limits=HttpLimits(max_connections_per_tap=cfg.max_connections or NO_LIMIT))
             stack.push_async_callback(server.close)
 
             forgetter = _InstanceForgetter(cache, api, self.metrics)

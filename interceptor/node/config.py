@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-import fnmatch
 import os
 from dataclasses import dataclass
 
 from interceptor.common.config import opt, required
 from interceptor.common.errors import ConfigError
 from interceptor.common.logsetup import LOG_FORMATS
+from interceptor.node.datapath.contract import (
+    DEFAULT_TAP_PATTERNS,
+    DatapathConfig,
+    check_patterns,
+    options_from,
+)
 
 
 @dataclass
@@ -25,7 +30,8 @@ class NodeConfig:
         30.0, "seconds on a fail-over backend before the first one is tried again")
     datapath: str = opt("nft", "kernel datapath: nft or ebpf")
     tap_patterns: list[str] = opt(
-        ["tap*", "vnet*"], "interface name patterns the daemon manages (fail closed)")
+        list(DEFAULT_TAP_PATTERNS),
+        "interface name patterns the daemon manages (fail closed); a name, optionally ending in *")
     metadata_address: str = opt("169.254.169.254", "address guests ask")
     metadata_port: int = opt(80, "TCP port guests ask")
     operator_host: str = opt("127.0.0.1", "operator listener (metrics, health)")
@@ -41,9 +47,10 @@ class NodeConfig:
     host_allow_udp: list[str] = opt(
         [], "UDP ports guests may reach on this host (e.g. 67 when it runs their DHCP)")
     host_allow_tcp: list[str] = opt([], "TCP ports guests may reach on this host")
-    syn_rate: int = opt(20, "new connections per second per tap the datapath admits")
+    syn_rate: int = opt(
+        20, "new connections per second per tap the datapath admits; 0: no limit")
     syn_burst: int = opt(40, "burst of the per-tap connection rate")
-    max_connections: int = opt(64, "concurrent connections per tap")
+    max_connections: int = opt(64, "concurrent connections per tap; 0: no limit")
     rate_limit: float = opt(200.0, "requests per second per VM before 429")
     rate_burst: int = opt(400, "burst of the per-VM request rate limit")
     reconcile_interval: float = opt(30.0, "seconds between full reconciles")
@@ -84,8 +91,7 @@ class NodeConfig:
             if not os.access(self.backend_ca_file, os.R_OK):
                 raise ConfigError(
                     f"config: backend_ca_file is not a readable file: {self.backend_ca_file!r}")
-        if not self.tap_patterns:
-            raise ConfigError("config: tap_patterns must name at least one pattern")
+        check_patterns(self.tap_patterns)
         if self.log_format not in LOG_FORMATS:
             raise ConfigError(f"config: log_format must be one of {', '.join(LOG_FORMATS)}, "
                               f"not {self.log_format!r}")
@@ -98,10 +104,9 @@ class NodeConfig:
             for port in getattr(self, name):
                 if not port.isdigit() or not 0 < int(port) < 65536:
                     raise ConfigError(f"config: {name}: {port!r} is not a port number")
-        if self.syn_rate < 1 or self.syn_burst < 1 or self.max_connections < 1:
-            raise ConfigError("config: syn_rate, syn_burst and max_connections must be >= 1")
+        if self.syn_rate < 0 or self.max_connections < 0 or self.syn_burst < 1:
+            raise ConfigError("config: syn_rate and max_connections must be >= 0 (0: no limit), "
+                              "syn_burst >= 1")
         if self.cache_ttl <= 0 or self.stale_if_error < 0:
             raise ConfigError("config: cache_ttl must be > 0 and stale_if_error >= 0")
-
-    def manages(self, ifname: str) -> bool:
-        return any(fnmatch.fnmatchcase(ifname, p) for p in self.tap_patterns)
+        DatapathConfig(**options_from(self))  # the options both datapaths honour

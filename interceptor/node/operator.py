@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from interceptor.node.cache import DocumentCache
 from interceptor.node.datapath.base import Datapath
+from interceptor.node.datapath.contract import COUNTERS
 from interceptor.node.metrics import NodeMetrics
 from interceptor.node.taps import TapManager
 from interceptor.node.watcher import FeedWatcher
@@ -35,33 +36,23 @@ STATE = web.AppKey("state", OperatorState)
 
 
 def datapath_metrics(datapath: Datapath) -> Iterable[Metric]:
-    """Kernel counters per tap, read at scrape time (labels: tap names that exist now)."""
+    """Kernel counters per tap, read at scrape time (labels: tap names that
+    exist now); the contract's fixed names, those this datapath counts."""
     counters = datapath.counters()
-    fams = {
-        "steered": CounterMetricFamily(
-            "interceptor_node_datapath_steered_packets",
-            "Packets to the metadata address steered to the proxy", labels=["tap"]),
-        "refused": CounterMetricFamily(
-            "interceptor_node_datapath_refused_packets",
-            "Packets to the metadata address refused (unbound, disabled, limits)",
-            labels=["tap"]),
-        "arp": CounterMetricFamily(
-            "interceptor_node_datapath_arp_replies",
-            "ARP replies for the metadata address", labels=["tap"]),
-        "syn": CounterMetricFamily(
-            "interceptor_node_datapath_syn_rate_limited_packets",
-            "SYNs dropped by the per-tap rate limit", labels=["tap"]),
-    }
-    for tap, c in sorted(counters.items()):
-        fams["steered"].add_metric([tap], c.steered_packets)
-        fams["refused"].add_metric([tap], c.refused_packets)
-        fams["arp"].add_metric([tap], c.arp_replies)
-        fams["syn"].add_metric([tap], c.syn_rate_limited)
+    fams = []
+    for field, (metric, help_text) in COUNTERS.items():
+        if field not in datapath.counted:
+            continue
+        fam = CounterMetricFamily(f"interceptor_node_datapath_{metric}", help_text,
+                                  labels=["tap"])
+        for tap, c in sorted(counters.items()):
+            fam.add_metric([tap], getattr(c, field))
+        fams.append(fam)
     installed = GaugeMetricFamily("interceptor_node_datapath_installed",
                                   "1 while the datapath is present in the kernel",
                                   labels=["datapath"])
     installed.add_metric([datapath.name], 1.0 if datapath.installed() else 0.0)
-    return [*fams.values(), installed]
+    return [*fams, installed]
 
 
 async def _metrics(request: web.Request) -> web.Response:

@@ -158,7 +158,7 @@ def _forbidden(kind: str, method: str, template: str, params: dict[str, Any]) ->
 @settings(max_examples=5 * SCALE, deadline=None, database=None,
           suppress_health_check=list(HealthCheck))
 def test_api_from_its_openapi_document(backend: Backend, kind: str,
-                                       case: schemathesis.Case) -> None:
+                                       case: schemathesis.Case[Any]) -> None:
     rng = random.Random(repr(case.path_parameters) + case.method)
     params = dict(case.path_parameters or {})
     for name, value in OWNED.items():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from typing import Any
 
 from interceptor.formats.document import merged_meta, validate_document
 from interceptor.formats.router import render_path
@@ -13,7 +14,7 @@ from interceptor.formats.xml_metadata import decode_xml
 from tests.backend.support import ADMIN, Api
 
 
-async def _scene(api: Api, **spec: object) -> str:
+async def _scene(api: Api, **spec: Any) -> str:
     tok = await api.customer("c1")
     r = await api.call("POST", "/v1/images", json_body={"id": "img", "visibility": "public"})
     assert r.status == 201

@@ -6,20 +6,20 @@ import pytest
 from aiohttp import ClientSession, test_utils
 
 from interceptor.backend.app import create_app
-from interceptor.backend.ratelimit import RateLimiter
+from interceptor.common.ratelimit import RateLimiter
 from tests.backend.support import Api, make_config
 
 
 def test_token_bucket_with_clock() -> None:
     now = [100.0]
     limiter = RateLimiter(rate=2.0, burst=3, clock=lambda: now[0])
-    assert [limiter.allow("a") for _ in range(3)] == [0.0, 0.0, 0.0]
-    assert limiter.allow("a") == pytest.approx(0.5)
-    assert limiter.allow("b") == 0.0  # another instance has its own bucket
+    assert [limiter.take("a") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert limiter.take("a") == pytest.approx(0.5)
+    assert limiter.take("b") == 0.0  # another instance has its own bucket
     now[0] += 0.5
-    assert limiter.allow("a") == 0.0
-    assert limiter.allow("a") > 0
-    assert RateLimiter(rate=0, burst=1).allow("x") == 0.0  # 0 = unlimited
+    assert limiter.take("a") == 0.0
+    assert limiter.take("a") > 0
+    assert RateLimiter(rate=0, burst=1).take("x") == 0.0  # 0 = unlimited
 
 
 @pytest.mark.parametrize("store_kind", ["sqlite"], indirect=True)

@@ -9,14 +9,15 @@ from collections.abc import Iterator
 import pytest
 from pyroute2 import IPRoute
 
-from tests.bpf.lab import BRIDGE_MAC, LINKS, PacketLab, private_netns, routed_node
+from tests.bpf.lab import BRIDGE_MAC, LINKS, PacketLab, routed_node
+from tests.lab import entered_netns
 
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[PacketLab]:
     if os.geteuid() != 0:
         pytest.fail("BPF packet tests need root (bpf(2), network namespaces)")
-    with private_netns() as name:
+    with entered_netns() as name:
         with IPRoute() as ipr:
             ipr.link("set", index=1, state="up")
             for link in LINKS:

@@ -3,23 +3,19 @@
 The program runs through ``BPF_PROG_TEST_RUN``, which needs real ifindexes
 (and sockets, for the listener lookup) in the calling thread's network
 namespace. So the tests here run with the main thread moved into a private
-namespace (``pushns``) holding a few veth pairs; the namespace, the pins and
+namespace (``tests.lab.entered_netns``) holding a few veth pairs; the namespace, the pins and
 everything else are removed afterwards, also on failure.
 """
 
 from __future__ import annotations
 
-import contextlib
-import secrets
 import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyroute2 import netns
-
 from interceptor.node.datapath.base import TapState
 from interceptor.node.datapath.ebpf import EbpfConfig, EbpfDatapath
+from tests.lab import unique
 
 # Host ends of veth pairs made in the private namespace ("up" is the node's
 # uplink, never a tap).
@@ -36,10 +32,6 @@ FORWARDED6 = "2001:db8:99::10"
 BRIDGE_MAC = "02:b0:00:00:00:01"  # br's own (brp is its port)
 BRIDGE_ADDR = "10.9.0.1"  # on br, /24: bridged guests' subnet
 BRIDGE_ADDR6 = "2001:db8:9::1"  # on br, /64
-
-
-def unique(prefix: str = "t") -> str:
-    return prefix + secrets.token_hex(3)[:5]
 
 
 @dataclass
@@ -63,21 +55,6 @@ class PacketLab:
         return {name: TapState(name, self.ifindex[name], f"i-{name}" if on else None, on,
                                bridge.get(name))
                 for name, on in steer.items()}
-
-
-@contextlib.contextmanager
-def private_netns() -> Iterator[str]:
-    """Move the calling thread into a new namespace; undo and delete it after."""
-    name = unique()
-    netns.create(name)
-    try:
-        netns.pushns(name)
-        try:
-            yield name
-        finally:
-            netns.popns()
-    finally:
-        netns.remove(name)
 
 
 def routed_node(netns_name: str, ifindex: dict[str, int]) -> None:

@@ -11,17 +11,13 @@ from typing import Any
 import pytest
 from pyroute2 import IPRoute
 
-from interceptor.common.errors import DatapathError
+from interceptor.common.errors import ConfigError, DatapathError
 from interceptor.node.datapath.base import mark_for
-from interceptor.node.datapath.ebpf import (
-    INGRESS_PARENT,
-    MAP_NAMES,
-    EbpfConfig,
-    EbpfDatapath,
-    default_source,
-)
+from interceptor.node.datapath.ebpf import MAP_NAMES, SOURCE, EbpfConfig, EbpfDatapath
 from interceptor.node.datapath.ebpf_syscall import pinned_map_info
-from tests.bpf.lab import PacketLab, unique
+from interceptor.node.datapath.ebpf_tc import INGRESS_PARENT
+from tests.bpf.lab import PacketLab
+from tests.lab import unique
 
 pytestmark = pytest.mark.root
 
@@ -125,7 +121,7 @@ def test_upgrade_detaches_an_earlier_versions_bridge_program(lab: PacketLab) -> 
     first = lab.datapath()
     first.sync(lab.taps({"brp": True}, bridge={"brp": "br"}))
     with IPRoute() as ipr:  # what an earlier version left on the bridge
-        first._attach(ipr, lab.ifindex["br"], first.tap_program_fd)
+        first.filters.attach(ipr, lab.ifindex["br"], first.tap_program_fd)
     assert our_filters(first.cfg, lab.ifindex["br"]) == 1
     first.close()
     second = EbpfDatapath(first.cfg)
@@ -205,7 +201,7 @@ def test_missing_source_is_one_clear_line(lab: PacketLab, tmp_path: Path) -> Non
 
 def test_compile_error_is_one_clear_line(lab: PacketLab, tmp_path: Path) -> None:
     bad = tmp_path / "bad.c"
-    bad.write_text(default_source().read_text() + "\nthis is not C;\n")
+    bad.write_text(SOURCE.read_text() + "\nthis is not C;\n")
     dp = EbpfDatapath(EbpfConfig(instance=unique(), bpf_source=str(bad)))
     lab.datapaths.append(dp)
     with pytest.raises(DatapathError) as err:
@@ -214,7 +210,7 @@ def test_compile_error_is_one_clear_line(lab: PacketLab, tmp_path: Path) -> None
 
 
 def test_verifier_refusal_is_one_clear_line(lab: PacketLab, tmp_path: Path) -> None:
-    src = default_source().read_text()
+    src = SOURCE.read_text()
     # Unbounded read of packet memory: the verifier must refuse it.
     src = src.replace("int tap_ingress(struct __sk_buff *skb)\n{",
                       "int tap_ingress(struct __sk_buff *skb)\n{\n"
@@ -241,5 +237,5 @@ def test_bad_options_are_refused() -> None:
     for kw in ({"instance": "../x"}, {"arp_reply_mac": "01:00:00:00:00:01"},
                {"arp_reply_mac": "nope"}, {"syn_burst": 0}, {"tc_prio": 0},
                {"bpffs": "relative"}, {"bpffs": '/sys/fs/bpf"; x'}):
-        with pytest.raises(DatapathError):
+        with pytest.raises(ConfigError):
             EbpfConfig(**kw)

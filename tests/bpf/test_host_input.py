@@ -1,7 +1,8 @@
-"""Packet-level tests of the host input filter in bpf/tap_ingress.c: what a
-guest sends to any address of the node itself is dropped unless it is ICMP,
-a reply on a connection the host opened, or to an allowed port; forwarded
-traffic is untouched. The lab namespace is a routing node (lab.routed_node)."""
+"""Packet-level tests of the host input filter in
+interceptor/node/datapath/bpf/tap_ingress.c: what a guest sends to any
+address of the node itself is dropped unless it is ICMP, a reply on a
+connection the host opened, or to an allowed port; forwarded traffic is
+untouched. The lab namespace is a routing node (lab.routed_node)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from scapy.layers.l2 import Ether
 
 from interceptor.node.datapath.ebpf import EbpfDatapath
 from interceptor.node.datapath.ebpf_syscall import ProgRunResult, prog_test_run
+from interceptor.node.datapath.nft_ruleset import GUEST_MARK_TAG as SEEN  # "seen by the program"
 from tests.bpf.lab import (
     BRIDGE_ADDR,
     BRIDGE_ADDR6,
@@ -75,7 +77,7 @@ def run(dp: EbpfDatapath, lab: PacketLab, link: str, frame: Any) -> ProgRunResul
 
 
 def dropped(dp: EbpfDatapath, link: str) -> int:
-    return dp.counters()[link].extra.get("host_input_dropped", 0)
+    return dp.counters()[link].host_input_dropped
 
 
 def v4(dst: str, l4: Any, src: str = GUEST_IP, **ip: Any) -> Any:
@@ -89,7 +91,7 @@ def v6(dst: str, l4: Any, src: str = GUEST_IP6) -> Any:
 def assert_dropped(dp: EbpfDatapath, lab: PacketLab, link: str, frame: Any) -> None:
     before = dropped(dp, link)
     res = run(dp, lab, link, frame)
-    assert (res.retval, res.mark) == (TC_ACT_SHOT, 0), Ether(bytes(frame)).summary()
+    assert (res.retval, res.mark) == (TC_ACT_SHOT, SEEN), Ether(bytes(frame)).summary()
     assert dropped(dp, link) == before + 1
 
 
@@ -97,7 +99,7 @@ def assert_untouched(dp: EbpfDatapath, lab: PacketLab, link: str, frame: Any) ->
     raw = bytes(frame)
     before = dropped(dp, link)
     res = run(dp, lab, link, raw)
-    assert (res.retval, res.data, res.mark) == (TC_ACT_OK, raw, 0), Ether(raw).summary()
+    assert (res.retval, res.data, res.mark) == (TC_ACT_OK, raw, SEEN), Ether(raw).summary()
     assert dropped(dp, link) == before
 
 
@@ -188,7 +190,7 @@ def assert_host_copy_refused(dp: EbpfDatapath, lab: PacketLab, frame: Any) -> No
     raw = bytes(frame)
     before = dropped(dp, "brp")
     res = run(dp, lab, "brp", raw)
-    assert (res.retval, res.data, res.mark) == (TC_ACT_OK, raw, 0), Ether(raw).summary()
+    assert (res.retval, res.data, res.mark) == (TC_ACT_OK, raw, SEEN), Ether(raw).summary()
     assert dropped(dp, "brp") == before + 1
 
 

@@ -1,4 +1,5 @@
-"""Packet-level tests of bpf/tap_ingress.c through BPF_PROG_TEST_RUN.
+"""Packet-level tests of interceptor/node/datapath/bpf/tap_ingress.c through
+BPF_PROG_TEST_RUN.
 
 Each frame is built with scapy, run once through the loaded program as if it
 arrived on a given link of the private namespace, and judged by the action,
@@ -19,9 +20,11 @@ from scapy.packet import Raw
 
 from interceptor.node.datapath.base import METADATA_ADDRESS, mark_for
 from interceptor.node.datapath.bridge import BYPASS_MAC
-from interceptor.node.datapath.ebpf import DEFAULT_ARP_MAC, EbpfDatapath
+from interceptor.node.datapath.contract import ARP_REPLY_MAC as DEFAULT_ARP_MAC
+from interceptor.node.datapath.ebpf import EbpfDatapath
 from interceptor.node.datapath.ebpf_syscall import ProgRunResult, prog_test_run
 from interceptor.node.datapath.listeners import open_tap_listener
+from interceptor.node.datapath.nft_ruleset import GUEST_MARK_TAG as SEEN  # "seen by the program"
 from tests.bpf.lab import FORWARDED, GATEWAY, PacketLab
 
 pytestmark = pytest.mark.root
@@ -63,7 +66,10 @@ def run(dp: EbpfDatapath, lab: PacketLab, link: str, frame: Any) -> ProgRunResul
 def counts(dp: EbpfDatapath, link: str) -> dict[str, int]:
     c = dp.counters()[link]
     return {"steered": c.steered_packets, "refused": c.refused_packets,
-            "arp": c.arp_replies, "syn_limited": c.syn_rate_limited, **c.extra}
+            "arp": c.arp_replies, "syn_limited": c.syn_rate_limited,
+            "malformed": c.malformed, "no_listener": c.no_listener,
+            "unsteered_dropped": c.unsteered_dropped, "arp_refused": c.arp_refused,
+            "host_input_dropped": c.host_input_dropped}
 
 
 def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
@@ -184,7 +190,6 @@ def test_enabled_tap_without_listener_gets_a_reset(lab: PacketLab, dp: EbpfDatap
     before = counts(dp, "enb")
     res = run(dp, lab, "enb", syn(sport=40004))
     assert res.retval == TC_ACT_REDIRECT
-    assert res.mark == 0
     rst = Ether(res.data)
     assert (rst[IP].src, rst[IP].dst) == (MD, GUEST_IP)
     assert (rst[TCP].sport, rst[TCP].dport, rst[TCP].flags) == (80, 40004, "RA")
@@ -204,7 +209,7 @@ def test_host_wildcard_listener_is_never_chosen(lab: PacketLab, dp: EbpfDatapath
         host.bind(("0.0.0.0", 80))
         host.listen()
         res = run(dp, lab, "ena", syn(sport=40010))
-        assert (res.retval, res.mark) == (TC_ACT_REDIRECT, 0)  # a RST to the guest
+        assert res.retval == TC_ACT_REDIRECT  # a RST to the guest
         assert Ether(res.data)[TCP].flags == "RA"
     finally:
         host.close()
@@ -274,7 +279,7 @@ def test_other_traffic_to_the_address_is_dropped(lab: PacketLab, dp: EbpfDatapat
     before = counts(dp, link)
     res = run(dp, lab, link, to_md(l4))
     assert res.retval == TC_ACT_SHOT
-    assert res.mark == 0
+    assert res.mark == SEEN
     assert delta(before, counts(dp, link)) == {"unsteered_dropped": 1}
 
 
@@ -287,7 +292,7 @@ def test_fragments_to_the_address_are_dropped(lab: PacketLab, dp: EbpfDatapath,
     before = counts(dp, "ena")
     res = run(dp, lab, "ena", syn(**frag))
     assert res.retval == TC_ACT_SHOT
-    assert res.mark == 0
+    assert res.mark == SEEN
     assert delta(before, counts(dp, "ena")) == {"malformed": 1}
 
 
@@ -297,7 +302,7 @@ def test_truncated_headers_are_dropped(lab: PacketLab, dp: EbpfDatapath) -> None
     for frame in (full[:14 + 20], full[:14 + 20 + 8]):  # no TCP header, half of one
         before = counts(dp, "ena")
         res = run(dp, lab, "ena", frame)
-        assert (res.retval, res.mark) == (TC_ACT_SHOT, 0)
+        assert (res.retval, res.mark) == (TC_ACT_SHOT, SEEN)
         assert delta(before, counts(dp, "ena")) == {"malformed": 1}
 
 
@@ -307,7 +312,7 @@ def test_bad_ip_header_to_the_address_is_dropped(lab: PacketLab, dp: EbpfDatapat
                                                  ip: dict[str, Any]) -> None:
     res = run(dp, lab, "ena", syn(**ip))
     assert res.retval == TC_ACT_SHOT
-    assert res.mark == 0
+    assert res.mark == SEEN
 
 
 def test_tcp_doff_below_five_is_dropped(lab: PacketLab, dp: EbpfDatapath) -> None:
@@ -323,7 +328,7 @@ def test_short_ethernet_and_other_protocols_pass(lab: PacketLab, dp: EbpfDatapat
     ]
     for frame in frames:
         res = run(dp, lab, "ena", frame)
-        assert (res.retval, res.data, res.mark) == (TC_ACT_OK, frame, 0)
+        assert (res.retval, res.data, res.mark) == (TC_ACT_OK, frame, SEEN)
 
 
 @pytest.mark.parametrize("link", ["ena", "off"])
@@ -341,7 +346,7 @@ def test_ordinary_guest_traffic_passes_untouched(lab: PacketLab, dp: EbpfDatapat
     for frame in frames:
         raw = bytes(frame)
         res = run(dp, lab, link, raw)
-        assert (res.retval, res.data, res.mark) == (TC_ACT_OK, raw, 0)
+        assert (res.retval, res.data, res.mark) == (TC_ACT_OK, raw, SEEN)
     assert delta(before, counts(dp, link)) == {}
 
 

@@ -5,16 +5,18 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from aiohttp import test_utils
+from aiohttp import test_utils, web
 from prometheus_client.parser import text_string_to_metric_families
 
 from interceptor.channels.serial_operator import operator_app
 from interceptor.channels.serial_server import SerialServer
 from tests.channels.support import Client, FakeSource, document
 
+OperatorClient = test_utils.TestClient[web.Request, web.Application]
+
 
 @pytest.fixture
-async def operator(server: SerialServer) -> AsyncIterator[test_utils.TestClient]:
+async def operator(server: SerialServer) -> AsyncIterator[OperatorClient]:
     client = test_utils.TestClient(test_utils.TestServer(operator_app(server)))
     await client.start_server()
     try:
@@ -29,7 +31,7 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 async def test_metrics_and_readiness(server: SerialServer, source: FakeSource,
-                                     operator: test_utils.TestClient) -> None:
+                                     operator: OperatorClient) -> None:
     r = await operator.get("/readyz")
     assert r.status == 503  # the source has not answered yet
     source.bind("vm1", document("i-one"))

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.netns import PYTHON, REPO, Guest, _readline, _stderr
+from tests.lab import PYTHON, REPO, Guest, readline, stderr_tail
 
 HERE = Path(__file__).resolve().parent
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -27,9 +27,9 @@ def vendor_target(netns: str, port: int, mode: str, token: str) -> Iterator[None
         cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True)
     try:
-        line = _readline(proc, 15.0)
+        line = readline(proc, 15.0)
         if line.strip() != "ready":
-            raise RuntimeError(f"vendor target did not start: {line!r} {_stderr(proc)}")
+            raise RuntimeError(f"vendor target did not start: {line!r} {stderr_tail(proc)}")
         yield
     finally:
         assert proc.stdin is not None

@@ -34,8 +34,8 @@ from tests.conformance.support import (
     v1_facts,
     vendor_target,
 )
-from tests.e2e.netns import Guest, Topology, mac_of
 from tests.e2e.stack import ProductStack, get, metric, product
+from tests.lab import Guest, Topology, mac_of
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e, pytest.mark.conformance]
 

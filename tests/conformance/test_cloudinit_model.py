@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import pytest
 
 from tests.conformance.support import api_parts, client_parts, crawl
-from tests.e2e.netns import Guest, Topology, mac_of
 from tests.e2e.stack import ProductStack, get, product
+from tests.lab import Guest, Topology, mac_of
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e, pytest.mark.conformance]
 
@@ -93,7 +93,7 @@ def test_ec2_reader(world: World, mode: str) -> None:
 def test_openstack_reader(world: World) -> None:
     result = crawl(world.guest, "crawl_openstack.py")
     _check(world, result)
-    assert result["metadata"]["keys"] == [  # type: ignore[index]
+    assert result["metadata"]["keys"] == [
         {"name": "laptop", "type": "ssh", "data": KEYPAIR},
         {"name": "ops", "type": "ssh", "data": OPS_KEY}]
 
@@ -101,4 +101,4 @@ def test_openstack_reader(world: World) -> None:
 def test_nocloud_reader(world: World) -> None:
     result = crawl(world.guest, "crawl_nocloud.py")
     _check(world, result)
-    assert result["metadata"]["ami-id"] == "img-ci"  # type: ignore[index]
+    assert result["metadata"]["ami-id"] == "img-ci"

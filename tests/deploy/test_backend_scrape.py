@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.prometheus import prometheus_server
+from tests.lab import terminate
 
 pytestmark = [pytest.mark.slow]
 
@@ -66,12 +67,7 @@ def backend_process(tmp_path: Path, admin_token: str) -> Iterator[tuple[int, int
             time.sleep(0.1)
         yield api_port, operator_port, proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        terminate(proc, timeout=15)
         log.close()
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 
-from tests.guest.net import netns
 from tests.helpers.prometheus import prometheus_server
+from tests.lab import netns
 
 pytestmark = [pytest.mark.slow]
 

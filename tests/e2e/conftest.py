@@ -1,5 +1,6 @@
 """Fixtures for end-to-end tests: root is required (a test that cannot run
-fails rather than skips), and every topology is removed after the test."""
+fails rather than skips), every topology is removed after the test, and
+``nodes`` runs a datapath test once per datapath (datapath_support.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.netns import Topology
+from tests.e2e.datapath_support import DATAPATHS, HOST_PORT, Nodes
+from tests.lab import NetnsRpc, Topology
 
 
 @pytest.fixture
@@ -20,3 +22,20 @@ def topology() -> Iterator[Topology]:
         yield topo
     finally:
         topo.close()
+
+
+@pytest.fixture(params=DATAPATHS)
+def nodes(request: pytest.FixtureRequest, topology: Topology) -> Iterator[Nodes]:
+    """Starts nodes of one datapath kind (each test runs once per kind);
+    removes what they left in the kernel afterwards."""
+    started = Nodes(topology, request.param)
+    try:
+        yield started
+    finally:
+        started.close()
+
+
+@pytest.fixture
+def node(nodes: Nodes) -> NetnsRpc:
+    """A node of the parametrised kind, guests allowed to ``HOST_PORT`` on it."""
+    return nodes.start(input_allow_tcp=[HOST_PORT])

@@ -22,7 +22,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from tests.e2e.netns import PYTHON, REPO
+from tests.lab import PYTHON, REPO
 
 _MAX_FDS = 4096
 
@@ -84,9 +84,10 @@ class FdStore:
                    "FDSTORE_PASS_FDS": ",".join(str(fd) for _, fd in pairs),
                    "FDSTORE_PASS_NAMES": ":".join(name for name, _ in pairs),
                    "PYTHONPATH": str(REPO)}
-        return subprocess.Popen([PYTHON, "-m", "tests.e2e.fdstore", "exec", *argv],
-                                env=run_env, pass_fds=[fd for _, fd in pairs],
-                                **popen)  # type: ignore[call-overload]
+        proc: subprocess.Popen[bytes] = subprocess.Popen(  # type: ignore[call-overload]
+            [PYTHON, "-m", "tests.e2e.fdstore", "exec", *argv], env=run_env,
+            pass_fds=[fd for _, fd in pairs], **popen)
+        return proc
 
     def close(self) -> None:
         self._closed = True

@@ -18,12 +18,12 @@ import secrets
 import socket
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from bench.netns_client import Namespaces
-from tests.e2e.netns import Topology, mac_of, sh
 from tests.e2e.stack import ProductStack, product
+from tests.lab import Topology, mac_of, sh
 
 METADATA = "169.254.169.254"
 _STATUS_LINE = re.compile(rb"HTTP/1\.1 ([1-5]\d\d) [\x20-\x7e]*\r\n")
@@ -355,7 +355,7 @@ def _wait_own(sockets: GuestSockets, party: Party, timeout: float = 20.0) -> Non
 
 
 @contextlib.contextmanager
-def scene(node_options: dict[str, object]) -> Iterator[Scene]:
+def scene(node_options: Mapping[str, object]) -> Iterator[Scene]:
     """A stack with three guests: the victim, an attacker (also sending from
     the victim's address: ``spoofer``) and a twin with the victim's IP and MAC."""
     topo = Topology()

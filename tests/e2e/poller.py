@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from tests.e2e.netns import PYTHON, REPO, Guest
+from tests.lab import PYTHON, REPO, Guest
 
 METADATA = "169.254.169.254"
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.e2e.fdstore import FdStore
-from tests.e2e.netns import PYTHON, REPO, Guest, Topology, sh
+from tests.lab import PYTHON, REPO, Guest, Topology, metric_sum, sh
 
 BACKEND_PORT = 8700
 BACKEND_OPERATOR_PORT = 8701
@@ -296,19 +296,8 @@ class ProductStack:
 
 
 def metric(text: str, name: str, **labels: str) -> float:
-    """Sum of the samples of ``name`` in a Prometheus text exposition whose
-    labels include ``labels`` (0.0 when there are none)."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith("#") or not line.startswith(name):
-            continue
-        head, _, value = line.rpartition(" ")
-        sample, _, rest = head.partition("{")
-        if sample != name:
-            continue
-        if all(f'{k}="{v}"' in rest for k, v in labels.items()):
-            total += float(value)
-    return total
+    """Sum of the samples of ``name`` whose labels include ``labels``."""
+    return metric_sum(text, name, labels)
 
 
 def _stop(proc: subprocess.Popen[bytes], sig: int, timeout: float) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.netns import REPO
+from tests.lab import REPO
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e, pytest.mark.slow]
 

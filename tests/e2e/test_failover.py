@@ -16,9 +16,9 @@ from collections.abc import Iterator
 import pytest
 
 from tests.backend.support import PgServer
-from tests.e2e.netns import Topology, _readline
 from tests.e2e.stack import BACKEND_PORT, get, metric, product
 from tests.e2e.test_storm import CRAWL_PATHS, _client, _create_many, _finish
+from tests.lab import Topology, readline
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e, pytest.mark.postgres, pytest.mark.slow]
 
@@ -53,7 +53,7 @@ def test_backend_killed_under_a_boot_storm(topology: Topology, postgres: PgServe
 
         procs = [_client(g, "crawl", json.dumps(CRAWL_PATHS), "4") for g in guests]
         for proc in procs:
-            assert _readline(proc, 30.0).strip() == "ready"
+            assert readline(proc, 30.0).strip() == "ready"
         for proc in procs:
             assert proc.stdin is not None
             proc.stdin.write("go\n")

@@ -42,10 +42,10 @@ from tests.e2e.hostile import (
     request,
     scene,
 )
-from tests.e2e.netns import sh
 from tests.e2e.stack import BACKEND_PORT, ProductStack
 from tests.fuzz import http_grammar
 from tests.fuzz.cloudinit_seeds import captured_requests
+from tests.lab import sh
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 

@@ -29,8 +29,8 @@ from typing import Any
 import pytest
 
 from tests.conformance.support import vendor_target
-from tests.e2e.netns import REPO, Guest, Topology, _readline
 from tests.e2e.stack import ProductStack, get, metric, product
+from tests.lab import REPO, Guest, Topology, readline
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
@@ -125,7 +125,7 @@ class GuestClient:
             ["ip", "netns", "exec", guest.netns, SYSTEM_PYTHON, "-I", "-c", GUEST_CLIENT,
              *args], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True)
-        line = _readline(self.proc, 20.0)
+        line = readline(self.proc, 20.0)
         if line.strip() != "ready":
             self.proc.kill()
             _, err = self.proc.communicate(timeout=5)

@@ -25,13 +25,14 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 import yaml
 
 from interceptor.formats.xml_metadata import decode_keys, decode_xml
-from tests.e2e.netns import PYTHON, REPO, Guest, Topology, _readline, _stderr
 from tests.e2e.stack import BACKEND_PORT, ProductStack, get, metric, product
+from tests.lab import PYTHON, REPO, Guest, Topology, readline, stderr_tail
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
@@ -288,8 +289,8 @@ def keystone_stub(netns: str) -> Iterator[None]:
         cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True)
     try:
-        line = _readline(proc, 15.0)
-        assert line.strip() == "ready", f"keystone stub: {line!r} {_stderr(proc)}"
+        line = readline(proc, 15.0)
+        assert line.strip() == "ready", f"keystone stub: {line!r} {stderr_tail(proc)}"
         yield
     finally:
         assert proc.stdin is not None
@@ -344,7 +345,7 @@ def test_keystone_authenticated_vendor_data_reaches_the_guest(topology: Topology
             time.sleep(0.05)
         vd2 = json.loads(get(guest, "/openstack/latest/vendor_data2.json")[1])
         assert vd2["ks"]["for"] == "i-ks"
-        stats = _stub(stack, "GET", "/_test/stats")
+        stats: dict[str, Any] = _stub(stack, "GET", "/_test/stats")
         assert stats["tokens_issued"] == 2 and stats["refused_now_invalid"] >= 1, stats
         assert "ks-e2e-password" not in stack.logs()
 

@@ -24,7 +24,6 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.netns import PYTHON, Guest, Topology, sh
 from tests.e2e.stack import (
     BACKEND_OPERATOR_PORT,
     NODE_OPERATOR_PORT,
@@ -33,6 +32,7 @@ from tests.e2e.stack import (
     product,
 )
 from tests.helpers.prometheus import prometheus_server
+from tests.lab import PYTHON, Guest, Topology, sh
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.netns import Guest, Topology, sh
 from tests.e2e.stack import ProductStack, get, product
+from tests.lab import Guest, Topology, sh
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
@@ -57,8 +57,8 @@ def test_guest_reads_its_own_metadata(stack: ProductStack, route: str) -> None:
     versions = get(guest, "/")[1].splitlines()
     assert "2009-04-04" in versions and "latest" in versions
     assert get(guest, "/latest/meta-data/no-such-thing")[0] == 404
-    status = guest.curl("http://169.254.169.254/latest/meta-data/", "-X", "DELETE")
-    assert status.stdout.rsplit("\n", 1)[1].split()[0] == "405"
+    deleted = guest.curl("http://169.254.169.254/latest/meta-data/", "-X", "DELETE")
+    assert deleted.stdout.rsplit("\n", 1)[1].split()[0] == "405"
 
 
 def test_user_data_unset_is_404(stack: ProductStack) -> None:
@@ -231,7 +231,7 @@ def test_cleanup_after_kill_removes_everything(stack: ProductStack) -> None:
 
 
 def _interceptor() -> list[str]:
-    from tests.e2e.netns import PYTHON
+    from tests.lab import PYTHON
 
     return [PYTHON, "-m", "interceptor"]
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.guest import boot_guest, boot_guest_async, build_guest, netns, random_mac, tap_device
-from tests.guest.net import ip
+from tests.guest import boot_guest, boot_guest_async, build_guest
+from tests.lab import ip, netns, random_mac, tap_device
 
 pytestmark = [pytest.mark.qemu, pytest.mark.root, pytest.mark.e2e, pytest.mark.slow]
 

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.netns import Topology
 from tests.e2e.stack import ProductStack, product
-from tests.guest import boot_guest, random_mac, tap_device
+from tests.guest import boot_guest
+from tests.lab import Topology, random_mac, tap_device
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e, pytest.mark.qemu, pytest.mark.slow]
 
@@ -23,7 +23,7 @@ def stack(request: pytest.FixtureRequest, topology: Topology) -> Iterator[Produc
 @pytest.mark.parametrize(("route", "taps"), [("onlink", "routed"), ("default", "routed"),
                                              ("default", "bridged")])
 def test_qemu_guest_prints_its_instance_id(stack: ProductStack, route: str, taps: str) -> None:
-    from tests.e2e.netns import sh
+    from tests.lab import sh
 
     with tap_device(stack.netns, name=f"tap{stack.topo.prefix}") as tap:
         gateway_dev = tap

@@ -17,9 +17,9 @@ import time
 
 import pytest
 
-from tests.e2e.netns import Topology
 from tests.e2e.poller import GuestPoller
 from tests.e2e.stack import ProductStack, get, product
+from tests.lab import Topology
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 

@@ -24,8 +24,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from tests.e2e.netns import REPO, Guest, Topology, _readline
 from tests.e2e.stack import ProductStack, get, metric, product
+from tests.lab import REPO, Guest, Topology, readline
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e, pytest.mark.slow]
 
@@ -163,7 +163,7 @@ def test_boot_storm_costs_one_document_fetch_per_instance(topology: Topology) ->
 
         procs = [_client(g, "crawl", json.dumps(CRAWL_PATHS), "4") for g in guests]
         for proc in procs:
-            assert _readline(proc, 30.0).strip() == "ready"
+            assert readline(proc, 30.0).strip() == "ready"
         for proc in procs:  # go: every guest starts its crawl now
             assert proc.stdin is not None
             proc.stdin.write("go\n")
@@ -236,7 +236,7 @@ def test_backend_outage_warm_guests_never_fail(topology: Topology) -> None:
         paths = json.dumps(CRAWL_PATHS[:20])
         loads = [_client(g, "loop", paths, "0.02") for g in warm]
         for proc in loads:
-            assert _readline(proc, 15.0).strip() == "ready"
+            assert readline(proc, 15.0).strip() == "ready"
         try:
             time.sleep(1.0)  # load against a healthy backend first
             stack.stop_backend()

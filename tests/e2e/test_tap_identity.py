@@ -18,8 +18,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.netns import PYTHON, Guest, Topology, mac_of, sh
 from tests.e2e.stack import ProductStack, get, metric, product
+from tests.lab import PYTHON, Guest, Topology, mac_of, sh
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.e2e.netns import PYTHON, REPO, Guest, Topology, _readline
 from tests.e2e.stack import ProductStack, get, metric, product
+from tests.lab import PYTHON, REPO, Guest, Topology, readline
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
@@ -205,7 +205,7 @@ def _capture(guest: Guest, action: object) -> list[dict[str, object]]:
                              guest.ifname], cwd=REPO, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        assert _readline(proc, 10.0).strip() == "ready"
+        assert readline(proc, 10.0).strip() == "ready"
         assert callable(action)
         action()
         time.sleep(0.2)  # let the last segments arrive before the capture stops

@@ -1,6 +1,7 @@
 """A real QEMU guest for tests: busybox initramfs that fetches metadata paths.
 
-    from tests.guest import boot_guest, netns, tap_device, random_mac
+    from tests.guest import boot_guest
+    from tests.lab import netns, random_mac, tap_device
     with netns() as ns, tap_device(ns) as tap:
         result = boot_guest(ns, tap, random_mac(),
                             {"ip": "10.0.0.2/24", "route": "onlink",
@@ -10,7 +11,6 @@
 
 from tests.guest.console import GuestResponse, GuestResult
 from tests.guest.image import GuestBuildError, GuestImage, build_guest
-from tests.guest.net import netns, random_mac, tap_device, unique_name
 from tests.guest.qemu import (
     GuestBootError,
     boot_guest,
@@ -22,6 +22,6 @@ from tests.guest.qemu import (
 
 __all__ = [
     "GuestBootError", "GuestBuildError", "GuestImage", "GuestResponse", "GuestResult",
-    "boot_guest", "boot_guest_async", "build_guest", "cdrom_args", "kernel_args", "netns",
-    "random_mac", "serial_socket_args", "tap_device", "unique_name",
+    "boot_guest", "boot_guest_async", "build_guest", "cdrom_args", "kernel_args",
+    "serial_socket_args",
 ]

@@ -17,8 +17,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tests.guest.net import random_mac
 from tests.guest.qemu import boot_guest, cdrom_args, serial_socket_args
+from tests.lab import random_mac
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """Boot the test guest under QEMU (TCG) on an existing tap device.
 
-The tap must exist before the guest boots (see ``tests.guest.net.tap_device``):
+The tap must exist before the guest boots (see ``tests.lab.tap_device``):
 a persistent tap made with ``ip tuntap add`` appears on netlink before QEMU
 starts, so a node daemon can bind it by name and have its datapath ready by
 the time the guest sends its first packet. QEMU only attaches to it.
@@ -96,7 +96,7 @@ def _check_tap(netns: str | None, tap: str) -> None:
     if probe.returncode != 0:
         raise GuestBootError(
             f"tap {tap} does not exist in netns {netns or '(host)'}; create it first "
-            "(tests.guest.net.tap_device)")
+            "(tests.lab.tap_device)")
 
 
 def _result(console: str, returncode: int | None, timed_out: bool,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from typing import Any
 
 import pycdlib
 
@@ -29,16 +30,22 @@ def read_iso(image: bytes) -> IsoContents:
         for root, dirs, names in iso.walk(rr_path="/"):
             for d in dirs:
                 path = root.rstrip("/") + "/" + d
-                modes[path] = iso.get_record(rr_path=path).rock_ridge.get_file_mode()
+                modes[path] = _mode(iso, path)
             for name in names:
                 path = root.rstrip("/") + "/" + name
                 out = io.BytesIO()
                 iso.get_file_from_iso_fp(out, rr_path=path)
                 files[path] = out.getvalue()
-                modes[path] = iso.get_record(rr_path=path).rock_ridge.get_file_mode()
+                modes[path] = _mode(iso, path)
         joliet: set[str] = set()
         for root, dirs, names in iso.walk(joliet_path="/"):
             joliet.update(root.rstrip("/") + "/" + n for n in [*dirs, *names])
         return IsoContents(label, files, modes, joliet)
     finally:
         iso.close()
+
+
+def _mode(iso: Any, path: str) -> int:
+    """The Rock Ridge file mode of ``path`` (the image always has Rock Ridge)."""
+    record = iso.get_record(rr_path=path)
+    return int(record.rock_ridge.get_file_mode())

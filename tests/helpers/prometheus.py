@@ -31,6 +31,8 @@ from typing import Any
 
 import yaml
 
+from tests.lab import terminate
+
 PROMETHEUS = "/usr/bin/prometheus"
 START_TIMEOUT_S = 30.0
 POLL_INTERVAL_S = 0.2
@@ -225,11 +227,6 @@ def prometheus_server(targets: Mapping[str, Sequence[str]], *, netns: str | None
         server._wait_ready()
         yield server
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        if proc is not None:
+            terminate(proc)
         shutil.rmtree(workdir, ignore_errors=True)

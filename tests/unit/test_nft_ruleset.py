@@ -8,22 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from interceptor.common.errors import DatapathError
-from interceptor.node.datapath import nft
+from interceptor.common.errors import ConfigError, DatapathError
+from interceptor.node.datapath import nft, nft_ruleset
 from interceptor.node.datapath.base import MARK_MASK, MARK_TAG, TapState, mark_for
-from interceptor.node.datapath.bridge import (
-    BYPASS_BIT,
-    BYPASS_MAC,
-    Link,
-    PortFacts,
-    facts_from,
-    parse_links,
-)
-from interceptor.node.datapath.nft import (
+from interceptor.node.datapath.bridge import BYPASS_BIT, BYPASS_MAC, PortFacts
+from interceptor.node.datapath.netlink import NetLink, parse_links
+from interceptor.node.datapath.nft import NftDatapath, _Applied
+from interceptor.node.datapath.nft_ruleset import (
     SHARD_SIZE,
     NftConfig,
-    NftDatapath,
-    _Applied,
     reference_ruleset,
     render_ingress_chain,
     render_ruleset,
@@ -40,7 +33,8 @@ def tap(name: str, ifindex: int, steer: bool = True) -> TapState:
 def test_deploy_reference_file_is_generated_from_the_code() -> None:
     text = (REPO / "deploy/nftables/interceptor.nft").read_text()
     assert text == reference_ruleset(), (
-        "regenerate: python -m interceptor.node.datapath.nft > deploy/nftables/interceptor.nft")
+        "regenerate: python -m interceptor.node.datapath.nft_ruleset > "
+        "deploy/nftables/interceptor.nft")
 
 
 def test_ruleset_has_no_per_tap_rules_and_fails_closed() -> None:
@@ -55,7 +49,7 @@ def test_ruleset_has_no_per_tap_rules_and_fails_closed() -> None:
     assert steer.index("tproxy") < steer.index('drop comment "fail closed"')
     assert 'drop comment "no other host service for guests"' in text
     # Unsynced taps that match the patterns are covered by name.
-    assert 'iifname != { "mdtap*", "tap*", "vnet*" } return' in text
+    assert 'iifname != { "tap*", "vnet*" } return' in text
     # Limits from the config.
     assert "limit rate over 20/second burst 40 packets" in text
     assert "ct count over 64" in text
@@ -71,19 +65,19 @@ def test_every_guest_frame_is_marked_for_the_host_input_filter() -> None:
     host_input = text[text.index("chain host_input"):text.index("table netdev")]
     rules = [ln.strip() for ln in host_input.splitlines() if ln.startswith("    ")]
     assert rules[1] == ('meta mark & 0xff000000 != 0x4e000000 iif != @managed '
-                        'iifname != { "mdtap*", "tap*", "vnet*" } return')
+                        'iifname != { "tap*", "vnet*" } return')
     # Dropped from a tap: counted per tap; through a bridge: one counter.
     assert rules[-2].startswith("iif @managed update @cnt_input_drop { iif } drop")
     assert rules[-1].startswith("counter drop")
     # Policy routing matches the steering tag only: the guest tag never hits it.
-    assert nft.GUEST_MARK_TAG & MARK_MASK != MARK_TAG & MARK_MASK
-    assert nft.GUEST_MARK_TAG & ~MARK_MASK == 0
+    assert nft_ruleset.GUEST_MARK_TAG & MARK_MASK != MARK_TAG & MARK_MASK
+    assert nft_ruleset.GUEST_MARK_TAG & ~MARK_MASK == 0
 
 
 def test_config_knobs_reach_the_ruleset() -> None:
     cfg = NftConfig(table="mdx", patterns=("vm-*",), syn_rate_per_s=5, syn_burst=7,
                     max_connections=3, input_allow_udp=(67,), input_allow_tcp=(53, 5353),
-                    listen_port=8775)
+                    metadata_port=8775)
     text = render_ruleset(cfg)
     assert "table inet mdx" in text
     assert 'iifname != { "vm-*" }' in text
@@ -91,15 +85,22 @@ def test_config_knobs_reach_the_ruleset() -> None:
     assert "ct count over 3" in text
     assert "udp dport { 67 } accept" in text and "tcp dport { 53, 5353 } accept" in text
     assert "tproxy ip to 169.254.169.254:8775" in text
+    assert "ip daddr 169.254.169.254 tcp dport 8775 meta mark set" in text
+
+
+def test_zero_limits_mean_no_limit() -> None:
+    text = render_ruleset(NftConfig(syn_rate_per_s=0, max_connections=0))
+    assert "@syn_rl {" not in text and "@conn_ct {" not in text
+    assert "tproxy ip to 169.254.169.254:80 accept" in text
 
 
 @pytest.mark.parametrize("kwargs", [
     {"table": "bad name"}, {"patterns": ("ta*p",)}, {"patterns": ("x" * 20,)},
     {"arp_reply_mac": "zz:00:00:00:00:00"}, {"metadata_address": "1.2.3"},
-    {"listen_port": 0}, {"syn_rate_per_s": 0}, {"input_allow_tcp": (70000,)},
+    {"metadata_port": 0}, {"syn_rate_per_s": -1}, {"input_allow_tcp": (70000,)},
 ])
-def test_bad_config_is_a_clear_error(kwargs: dict[str, object]) -> None:
-    with pytest.raises(DatapathError, match=r"^nft: "):
+def test_bad_config_is_a_config_error(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ConfigError, match=r"^config: "):
         NftConfig(**kwargs)  # type: ignore[arg-type]
 
 
@@ -289,23 +290,18 @@ def _newlink(index: int, name: str, mac: str, master: int = 0, kind: str = "",
     return struct.pack("=IHHII", 16 + len(body), 16, 2, 1, 0) + body
 
 
-def test_link_dump_is_parsed_into_port_facts() -> None:
+def test_link_dump_is_parsed() -> None:
     datagram = b"".join((
         _newlink(2, "br0", "02:BB:00:00:00:01", kind="bridge"),
         _newlink(3, "tap1", "fe:54:00:00:00:01", master=2, kind="tun", fwd_mask=4),
         _newlink(4, "tap2", "fe:54:00:00:00:02", kind="tun"),
         _newlink(5, "bond0", "02:00:00:00:00:05", kind="bond"),
         _newlink(6, "tap3", "fe:54:00:00:00:03", master=5, kind="tun")))
-    links: dict[int, Link] = {}
+    links: dict[int, NetLink] = {}
     assert parse_links(datagram, links) is False  # no NLMSG_DONE yet
-    assert links[3] == Link("tap1", "fe:54:00:00:00:01", 2, "tun", 4)
+    assert links[3] == NetLink("tap1", "fe:54:00:00:00:01", 2, "tun", 4)
+    assert links[2] == NetLink("br0", "02:bb:00:00:00:01", 0, "bridge", 0)
     assert parse_links(struct.pack("=IHHIIi", 20, 3, 2, 1, 0, 0), links) is True
-    facts = facts_from(links, {3, 4, 6, 99})
-    assert facts == {
-        3: PortFacts("fe:54:00:00:00:01", "br0", "02:bb:00:00:00:01", 4),
-        4: PortFacts("fe:54:00:00:00:02"),
-        6: PortFacts("fe:54:00:00:00:03"),  # a bond is no bridge
-    }
 
 
 def test_unsteerable_taps_stay_fail_closed() -> None:
@@ -330,7 +326,9 @@ def test_sync_warns_once_per_unsteerable_tap(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(dp, "_apply", batches.append)
     monkeypatch.setattr(dp, "_existing_shards", list)
     same = PortFacts("fe:54:00:00:00:01", "br0", "fe:54:00:00:00:01")
-    monkeypatch.setattr(nft, "port_facts", lambda idx: {i: same for i in idx})
+    links = {11: NetLink("tap1", same.mac, master=2), 12: NetLink("tap2", "fe:54:00:00:00:02"),
+             2: NetLink("br0", same.mac, kind="bridge")}
+    monkeypatch.setattr(nft, "dump_links", lambda: links)
     taps = {"tap1": tap("tap1", 11), "tap2": tap("tap2", 12, steer=False)}
     dp.sync(taps)
     dp.sync(taps)

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from interceptor.common.errors import DatapathError
-from interceptor.node.datapath.bridge import Link as RawLink
-from interceptor.node.datapath.links import LinkInfo, _managed, matches
+from interceptor.common.errors import ConfigError
+from interceptor.node.datapath.contract import DatapathConfig, matches
+from interceptor.node.datapath.links import LinkInfo, _managed
 from interceptor.node.datapath.listeners import TapListenerError, open_tap_listener
+from interceptor.node.datapath.netlink import NetLink as RawLink
 from interceptor.node.datapath.routing import (
     FR_ACT_GOTO,
     FR_ACT_NOP,
     FR_ACT_TO_TBL,
     PolicyRouting,
-    rp_filter_blocks,
 )
 
 
@@ -30,22 +28,11 @@ def test_rules_are_constant_and_exclude_local_traffic() -> None:
     assert nop["action"] == FR_ACT_NOP
 
 
-@pytest.mark.parametrize("kwargs", [{"table": 254}, {"table": 0}, {"pref": 0},
-                                    {"pref": 32765}])
+@pytest.mark.parametrize("kwargs", [{"route_table": 254}, {"route_table": 0},
+                                    {"rule_pref": 0}, {"rule_pref": 32765}])
 def test_routing_refuses_reserved_numbers(kwargs: dict[str, int]) -> None:
-    with pytest.raises(DatapathError, match=r"^routing: "):
-        PolicyRouting(**kwargs)
-
-
-def test_rp_filter_mode_is_the_stricter_of_all_and_device(tmp_path: Path) -> None:
-    for dev, value in (("all", "0"), ("tap1", "1"), ("tap2", "0")):
-        (tmp_path / dev).mkdir()
-        (tmp_path / dev / "rp_filter").write_text(value + "\n")
-    assert rp_filter_blocks("tap1", tmp_path) == 1
-    assert rp_filter_blocks("tap2", tmp_path) == 0
-    (tmp_path / "all" / "rp_filter").write_text("2\n")
-    assert rp_filter_blocks("tap2", tmp_path) == 2
-    assert rp_filter_blocks("missing", tmp_path) == 2
+    with pytest.raises(ConfigError, match=r"^config: (route_table|rule_priority) "):
+        DatapathConfig(**kwargs)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("name", ["", "x" * 16, "a/b", "a\0b"])

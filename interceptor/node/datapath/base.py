@@ -7,16 +7,20 @@ in the kernel and apply only the difference, as per-tap elements of maps/sets
 (nft) or map entries (BPF), never as one rule per tap, so the per-packet cost
 does not grow with the number of taps. Every operation is idempotent: apply
 twice = apply once; ``install`` after a crash adopts what is already there.
+How they must behave beyond the method list (options, tap entries, steering
+policy, counter names) is in ``contract.py``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 METADATA_ADDRESS = "169.254.169.254"
 METADATA_PORT = 80
+DEFAULT_TABLE = 4711  # policy routing (routing.py)
+DEFAULT_PREF = 1000
 
 HEARTBEAT_INTERVAL_S = 1.0
 HANDOVER_GRACE_S = 30.0
@@ -64,19 +68,30 @@ class TapState:
 
 @dataclass
 class TapCounters:
-    """Per-tap packet counters read from the kernel at scrape time."""
+    """Per-tap packet counters read from the kernel at scrape time. The names
+    are fixed and shared (``contract.COUNTERS`` has their meaning); a datapath
+    lists the ones it counts in ``Datapath.counted``, the others stay 0."""
 
     steered_packets: int = 0
     refused_packets: int = 0
     arp_replies: int = 0
     syn_rate_limited: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
+    conn_limited: int = 0
+    unsteered_dropped: int = 0
+    host_input_dropped: int = 0
+    malformed: int = 0
+    no_listener: int = 0
+    arp_refused: int = 0
+
+    def add(self, name: str, packets: int) -> None:
+        setattr(self, name, getattr(self, name) + packets)
 
 
 class Datapath(Protocol):
     """A kernel datapath. All methods are synchronous and may block briefly."""
 
     name: str
+    counted: frozenset[str]  # the TapCounters fields this datapath's kernel side counts
 
     def install(self) -> None:
         """Create (or adopt) the datapath's global state: tables, programs,
@@ -90,6 +105,9 @@ class Datapath(Protocol):
 
     def counters(self) -> dict[str, TapCounters]:
         """Counters per tap name, for Prometheus."""
+
+    def unsteerable(self) -> dict[str, str]:
+        """Taps the last sync was asked to steer but left fail closed, with why."""
 
     def heartbeat(self, lasting: float | None = None) -> None:
         """Called every HEARTBEAT_INTERVAL_S while the daemon runs: a datapath

@@ -18,19 +18,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import fnmatch
 import inspect
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from interceptor.node.datapath.bridge import Link as RawLink
-from interceptor.node.datapath.bridge import dump_links as raw_dump_links
+from interceptor.node.datapath.contract import DEFAULT_TAP_PATTERNS, matches
+from interceptor.node.datapath.netlink import NetLink, dump_links
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PATTERNS = ("tap*", "vnet*", "mdtap*")
 DEFAULT_RESYNC_S = 30.0
 DEFAULT_DEBOUNCE_S = 0.02
 RTMGRP_LINK = 1
@@ -50,11 +48,7 @@ Links = dict[str, LinkInfo]
 OnChange = Callable[[Links], Awaitable[None] | None]
 
 
-def matches(ifname: str, patterns: Iterable[str]) -> bool:
-    return any(fnmatch.fnmatchcase(ifname, p) for p in patterns)
-
-
-def _managed(links: Mapping[int, RawLink], patterns: Iterable[str]) -> Links:
+def _managed(links: Mapping[int, NetLink], patterns: Iterable[str]) -> Links:
     pats = tuple(patterns)
     out: Links = {}
     for index, link in links.items():
@@ -66,12 +60,12 @@ def _managed(links: Mapping[int, RawLink], patterns: Iterable[str]) -> Links:
     return out
 
 
-def snapshot(patterns: Iterable[str] = DEFAULT_PATTERNS) -> Links:
+def snapshot(patterns: Iterable[str] = DEFAULT_TAP_PATTERNS) -> Links:
     """The managed links now (blocking; for CLI tools and tests)."""
-    return _managed(raw_dump_links(), patterns)
+    return _managed(dump_links(), patterns)
 
 
-async def dump_links(patterns: Iterable[str] = DEFAULT_PATTERNS) -> Links:
+async def managed_links(patterns: Iterable[str] = DEFAULT_TAP_PATTERNS) -> Links:
     """The managed links now, from a fresh RTM_GETLINK dump.
 
     The dump is parsed by a small hand-written reader in a worker thread:
@@ -91,7 +85,7 @@ class LinkWatcher:
     exception in it is logged and the state is delivered again next round.
     """
 
-    def __init__(self, on_change: OnChange, *, patterns: Iterable[str] = DEFAULT_PATTERNS,
+    def __init__(self, on_change: OnChange, *, patterns: Iterable[str] = DEFAULT_TAP_PATTERNS,
                  resync_interval: float = DEFAULT_RESYNC_S,
                  debounce: float = DEFAULT_DEBOUNCE_S) -> None:
         self._on_change = on_change
@@ -180,7 +174,7 @@ class LinkWatcher:
 
     async def _reconcile(self) -> None:
         self._event.clear()
-        links = await dump_links(self.patterns)
+        links = await managed_links(self.patterns)
         self.rounds += 1
         if links == self._current:
             return

@@ -28,17 +28,18 @@ Per packet, from a managed tap:
   overlaps another guest's (a RST sent from the inet hook is *routed*, and is
   lost then).
 * inet prerouting: per-tap SYN rate limit and connection limit (meters keyed
-  by ifindex), then ``meta mark set iif map @vm_mark tproxy ip to
-  169.254.169.254:80``: the listener lookup takes the ingress device into
-  account, so the packet lands on the tap's own ``SO_BINDTODEVICE`` listener
-  (see listeners.py). The address must be explicit: ``to :80`` means "the
-  tap's first IPv4 address" when it has one (a routed tap carrying the
-  guests' gateway address), and then no listener matches. Anything
-  else to the metadata address is dropped: fail closed (this also covers a
-  tap that matches the name patterns but was not synced yet). A steered tap
-  whose daemon is gone (no ``alive`` heartbeat for ``ALIVE_TIMEOUT_S``) is
-  answered with a RST at the netdev ingress instead: the guest fails at once
-  rather than waiting on a listener that no longer exists.
+  by ifindex; left out when configured 0, "no limit"), then ``meta mark set
+  iif map @vm_mark tproxy ip to 169.254.169.254:80``: the listener lookup
+  takes the ingress device into account, so the packet lands on the tap's
+  own ``SO_BINDTODEVICE`` listener (see listeners.py). The address must be
+  explicit: ``to :80`` means "the tap's first IPv4 address" when it has one
+  (a routed tap carrying the guests' gateway address), and then no listener
+  matches. Anything else to the metadata address is dropped: fail closed
+  (this also covers a tap that matches the name patterns but was not synced
+  yet). A steered tap whose daemon is gone (no ``alive`` heartbeat for
+  ``ALIVE_TIMEOUT_S``) is answered with a RST at the netdev ingress instead:
+  the guest fails at once rather than waiting on a listener that no longer
+  exists.
 * inet input: from a managed tap (by ``iif``, by name pattern, or by the
   guest mark when a bridge is in between) only the steered metadata
   connection, ICMP, replies to connections the host opened, and configured
@@ -65,9 +66,10 @@ hooks. Everything else a bridged guest sends to the host (the bridge's own
 addresses, link-local and global IPv6, DHCP broadcasts) enters the IP stack
 on the bridge and meets the host-input filter through the guest mark; it is
 counted by one rule counter, not per tap (the ifindex is not in the mark, so
-an operator's low mark bits stay as they were). A tap whose MAC is its bridge's MAC, or whose bridge
-port forwards the readdressed frames, is not steered (fail closed, one
-warning per tap): see :meth:`bridge.PortFacts.unsteerable`. That check runs
+an operator's low mark bits stay as they were). A tap whose MAC is its
+bridge's MAC, or whose bridge port forwards the readdressed frames, is not
+steered (fail closed, one
+warning per tap): see ``contract.SteeringPolicy``. That check runs
 at every ``sync``; a bridge that adopts a tap's MAC later (its own port with
 a lower MAC removed) is noticed at the next one.
 
@@ -78,8 +80,10 @@ route to them goes through the bridge; loose (2) or off works.
 Not thread-safe: call all methods from one thread (the daemon's executor).
 
 Policy routing (routing.py) makes the marked packets local. The ruleset text
-is produced by :func:`render_ruleset`; ``deploy/nftables/interceptor.nft`` is
-its output for the default configuration, for operators to review.
+is produced by nft_ruleset.py; ``deploy/nftables/interceptor.nft`` is its
+output for the default configuration, for operators to review. What both
+datapaths must agree on (options, tap entries, steering, counters) is in
+contract.py; this module is the nftables half of it only.
 """
 
 from __future__ import annotations
@@ -88,239 +92,36 @@ import dataclasses
 import json
 import logging
 import re
-import shutil
 import socket
-import subprocess
 from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
-from types import MappingProxyType
 
 from interceptor.common.errors import DatapathError
-from interceptor.node.datapath.base import (
-    MARK_MASK,
-    MARK_TAG,
-    METADATA_ADDRESS,
-    METADATA_PORT,
-    TapCounters,
-    TapState,
-    mark_for,
+from interceptor.node.datapath.base import TapCounters, TapState, mark_for
+from interceptor.node.datapath.contract import SteeringPolicy, check_taps
+from interceptor.node.datapath.netlink import dump_links
+from interceptor.node.datapath.nft_cli import Nft
+from interceptor.node.datapath.nft_ruleset import (
+    COUNTER_SETS,
+    INGRESS_CHAIN,
+    SHARD_SIZE,
+    NftConfig,
+    quoted,
+    render_ingress_chain,
+    render_ruleset,
+    shard_name,
 )
-from interceptor.node.datapath.bridge import BYPASS_MAC, PortFacts, port_facts
-from interceptor.node.datapath.routing import DEFAULT_PREF, DEFAULT_TABLE, PolicyRouting
+from interceptor.node.datapath.routing import PolicyRouting
 from interceptor.node.datapath.zones import ZonePool
+
+__all__ = ["NftConfig", "NftDatapath"]
 
 log = logging.getLogger(__name__)
 
-NFT_TIMEOUT_S = 30.0
-DEFAULT_PATTERNS = ("tap*", "vnet*", "mdtap*")
-# 169.254.169.254 spelled into a locally administered unicast MAC.
-DEFAULT_ARP_MAC = "02:a9:fe:a9:fe:00"
-INGRESS_CHAIN = "tap_ingress"  # shards are named tap_ingress_0, tap_ingress_1, ...
-# The kernel takes at most 256 devices per netdev chain message (EFBIG), and
-# nft 1.0.6 cannot list a chain with more; taps are spread over shards of
-# this size, each with the same rules (a device is in exactly one shard).
-SHARD_SIZE = 200
-# High byte of the mark on every frame from a managed tap, set at the tap's
-# ingress: the one trace of the tap that survives a bridge (whose frames the
-# IP layer sees with iif = the bridge), so host_input can filter them. Not
-# MARK_TAG: the policy routing rules must not match it. Only the high byte
-# (this project's) is written, so an operator's low mark bits mean the same.
-GUEST_MARK_TAG = 0x4E000000
 # Seconds the ``alive`` element outlives the daemon's last heartbeat (renewed
 # every second): longer than a restart's gap between two processes, short
 # enough that a killed daemon's guests get RSTs instead of hanging.
 ALIVE_TIMEOUT_S = 3
-
-# Counter sets: name -> (family, TapCounters field or extra key).
-COUNTER_SETS: Mapping[str, tuple[str, str]] = MappingProxyType({
-    "cnt_arp_reply": ("netdev", "arp_replies"),
-    "cnt_refused": ("netdev", "refused_packets"),
-    "cnt_steered": ("inet", "steered_packets"),
-    "cnt_syn_limited": ("inet", "syn_rate_limited"),
-    "cnt_conn_limited": ("inet", "conn_limited"),
-    "cnt_unsteered_drop": ("inet", "unsteered_dropped"),
-    "cnt_input_drop": ("inet", "host_input_dropped"),
-})
-
-_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
-_PATTERN = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}\*?$")
-_IFNAME = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
-_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-
-
-@dataclass(frozen=True)
-class NftConfig:
-    """Knobs of the nft datapath (the node config maps onto these)."""
-
-    table: str = "interceptor"
-    metadata_address: str = METADATA_ADDRESS
-    metadata_port: int = METADATA_PORT
-    listen_port: int = METADATA_PORT  # the per-tap listeners' port (tproxy target)
-    patterns: tuple[str, ...] = DEFAULT_PATTERNS  # fnmatch-style, only a trailing '*'
-    syn_rate_per_s: int = 20
-    syn_burst: int = 40
-    max_connections: int = 64  # per tap, concurrent
-    arp_reply_mac: str = DEFAULT_ARP_MAC
-    # Answer ARP for the metadata address on refused (unbound, disabled) taps
-    # too: an on-link guest then gets the RST at once instead of waiting ~3 s
-    # for ARP to fail. The answer tells the guest nothing.
-    arp_when_refused: bool = False
-    input_allow_udp: tuple[int, ...] = ()  # e.g. (67,) when the host runs DHCP for guests
-    input_allow_tcp: tuple[int, ...] = ()
-    ingress_priority: int = -300
-    route_table: int = DEFAULT_TABLE
-    rule_pref: int = DEFAULT_PREF
-    nft_binary: str = "nft"
-    # Kernels built without CONFIG_NFT_REJECT_NETDEV (Debian 12's 6.1 among
-    # them) cannot send the netdev chain's RSTs: install() probes and, there,
-    # drops instead (guests then wait for their own timeout, still fail closed).
-    netdev_reject: bool = True
-
-    def __post_init__(self) -> None:
-        if not _NAME.match(self.table):
-            raise DatapathError(f"nft: invalid table name {self.table!r}")
-        if not re.fullmatch(r"\d{1,3}(\.\d{1,3}){3}", self.metadata_address):
-            raise DatapathError(f"nft: invalid metadata address {self.metadata_address!r}")
-        for p in self.patterns:
-            if not _PATTERN.match(p):
-                raise DatapathError(
-                    f"nft: interface pattern {p!r} unsupported (a name, optionally ending in *)")
-        if not _MAC.match(self.arp_reply_mac):
-            raise DatapathError(f"nft: invalid ARP reply MAC {self.arp_reply_mac!r}")
-        for port in (self.metadata_port, self.listen_port, *self.input_allow_udp,
-                     *self.input_allow_tcp):
-            if not 0 < port < 65536:
-                raise DatapathError(f"nft: port {port} out of range")
-        if min(self.syn_rate_per_s, self.syn_burst, self.max_connections) < 1:
-            raise DatapathError("nft: rate and connection limits must be positive")
-
-
-def _set_of(items: Iterable[str]) -> str:
-    return "{ " + ", ".join(items) + " }"
-
-
-def _quoted(names: Iterable[str]) -> str:
-    return _set_of(f'"{n}"' for n in sorted(names))
-
-
-def render_ruleset(cfg: NftConfig) -> str:
-    """The tables, sets and constant chains; elements and the netdev ingress
-    chain (which needs a device list) are added by ``sync``."""
-    t, md, port = cfg.table, cfg.metadata_address, cfg.metadata_port
-    names = _quoted(cfg.patterns)
-    counter_decl = {
-        fam: "".join(
-            f"  set {n} {{ type iface_index; flags dynamic; size 65535; counter; }}\n"
-            for n, (f, _) in COUNTER_SETS.items() if f == fam)
-        for fam in ("inet", "netdev")}
-    allow = ""
-    if cfg.input_allow_udp:
-        allow += f"    udp dport {_set_of(map(str, cfg.input_allow_udp))} accept\n"
-    if cfg.input_allow_tcp:
-        allow += f"    tcp dport {_set_of(map(str, cfg.input_allow_tcp))} accept\n"
-    not_ours = f"iif != @managed iifname != {names}"
-    return f"""\
-# interceptor: nftables datapath (generated by interceptor.node.datapath.nft)
-# Per-tap state lives only in the sets/maps below (keyed by ifindex), filled
-# at run time; netdev chains "{INGRESS_CHAIN}_<n>" are added with the managed
-# taps as their devices (at most {SHARD_SIZE} each).
-# Marks (mask 0x{MARK_MASK:08x}): 0x{MARK_TAG:08x}|ifindex steered to a listener,
-# 0x{GUEST_MARK_TAG:08x} anything else from a managed tap (host input filter).
-table inet {t} {{
-  set managed {{ type iface_index; }}
-  map vm_mark {{ type iface_index : mark; }}
-  map vm_zone {{ typeof iif : ct zone; }}
-  set syn_rl {{ type iface_index; flags dynamic,timeout; size 65535; timeout 60s; }}
-  set conn_ct {{ type iface_index; flags dynamic; size 65535; }}
-{counter_decl["inet"]}
-  chain raw_pre {{
-    type filter hook prerouting priority raw; policy accept;
-    ip daddr {md} tcp dport {port} ct zone set iif map @vm_zone
-  }}
-
-  chain raw_out {{
-    type filter hook output priority raw; policy accept;
-    ip saddr {md} tcp sport {cfg.listen_port} ct zone set oif map @vm_zone
-  }}
-
-  chain steer {{
-    type filter hook prerouting priority mangle; policy accept;
-    {not_ours} return
-    ip daddr {md} tcp dport {port} tcp flags & (syn | ack) == syn \
-add @syn_rl {{ iif limit rate over {cfg.syn_rate_per_s}/second burst {cfg.syn_burst} packets }} \
-update @cnt_syn_limited {{ iif }} drop
-    ip daddr {md} tcp dport {port} ct state new \
-add @conn_ct {{ iif ct count over {cfg.max_connections} }} update @cnt_conn_limited {{ iif }} drop
-    ip daddr {md} tcp dport {port} meta mark set iif map @vm_mark \
-update @cnt_steered {{ iif }} tproxy ip to {md}:{cfg.listen_port} accept
-    ip daddr {md} update @cnt_unsteered_drop {{ iif }} drop comment "fail closed"
-  }}
-
-  chain host_input {{
-    type filter hook input priority filter; policy accept;
-    meta mark & 0x{MARK_MASK:08x} != 0x{GUEST_MARK_TAG:08x} {not_ours} return
-    meta mark & 0x{MARK_MASK:08x} == 0x{MARK_TAG:08x} ip daddr {md} tcp dport {cfg.listen_port} \
-accept
-    ct state established,related accept
-    meta l4proto {{ 1, 58 }} accept comment "ICMP, ICMPv6 (no names: no /etc/protocols needed)"
-{allow}    iif @managed update @cnt_input_drop {{ iif }} drop \
-comment "no other host service for guests"
-    counter drop comment "the same, through a bridge (iif is the bridge: not counted per tap)"
-  }}
-}}
-
-table netdev {t} {{
-  set steered {{ type iface_index; }}
-  set alive {{ type inet_service; flags timeout; }}
-{counter_decl["netdev"]}}}
-"""  # noqa: S608 (nft syntax, not SQL)
-
-
-def shard_name(index: int) -> str:
-    return f"{INGRESS_CHAIN}_{index}"
-
-
-def render_ingress_chain(cfg: NftConfig, shard: int, devices: Sequence[str]) -> str:
-    """One netdev ingress chain (shard) hooked on ``devices`` (≤ SHARD_SIZE)."""
-    if not 0 < len(devices) <= SHARD_SIZE:
-        raise DatapathError(f"nft: an ingress shard takes 1..{SHARD_SIZE} devices")
-    t, md = cfg.table, cfg.metadata_address
-    mac = cfg.arp_reply_mac
-    devs = _quoted(devices)
-    arp_on = "" if cfg.arp_when_refused else "iif @steered "
-    refuse = "reject with tcp reset" if cfg.netdev_reject else "drop"
-    return f"""\
-table netdev {t} {{
-  chain {shard_name(shard)} {{
-    type filter hook ingress devices = {devs} priority {cfg.ingress_priority}; policy accept;
-    meta mark set meta mark & 0x{0xFFFFFFFF ^ MARK_MASK:08x} | 0x{GUEST_MARK_TAG:08x} \
-comment "from a guest, also once its bridge has it"
-    arp htype 1 arp ptype ip arp hlen 6 arp plen 4 arp operation request \
-arp daddr ip {md} {arp_on}update @cnt_arp_reply {{ iif }} \
-ether daddr set ether saddr arp daddr ether set arp saddr ether \
-arp daddr ip set arp saddr ip ether saddr set {mac} arp saddr ether set {mac} \
-arp saddr ip set {md} arp operation set reply fwd to iif
-    arp daddr ip {md} drop comment "no ARP answer on an unsteered tap"
-    arp operation reply meta pkttype host iif @steered ether daddr set {BYPASS_MAC} \
-accept comment "to the tap, not its bridge: the host resolves guests on the tap"
-    ip daddr {md} iif @steered tcp dport {cfg.metadata_port} tcp dport != @alive \
-update @cnt_refused {{ iif }} {refuse} comment "no daemon alive: fail fast"
-    ip daddr {md} iif @steered meta pkttype set host ether daddr set {BYPASS_MAC} accept
-    ip daddr {md} meta l4proto tcp update @cnt_refused {{ iif }} {refuse}
-    ip daddr {md} drop
-  }}
-}}
-"""  # noqa: S608 (nft syntax, not SQL)
-
-
-def reference_ruleset(cfg: NftConfig | None = None) -> str:
-    """What ``deploy/nftables/interceptor.nft`` contains: the ruleset plus the
-    ingress chain as it looks with two example taps."""
-    cfg = cfg or NftConfig()
-    example = render_ingress_chain(cfg, 0, ["tap0", "tap1"])
-    return (render_ruleset(cfg)
-            + "\n# The daemon adds chains like this one with the managed taps as devices:\n"
-            + example)
 
 
 @dataclass
@@ -333,40 +134,27 @@ class _Applied:
 
 
 class NftDatapath:
-    """The ``Datapath`` protocol over nftables (routed taps)."""
+    """The ``Datapath`` protocol over nftables (routed and bridged taps)."""
 
     name = "nft"
+    counted = frozenset(field for _, field in COUNTER_SETS.values())
 
     def __init__(self, cfg: NftConfig | None = None) -> None:
         self.cfg = cfg or NftConfig()
         self.routing = PolicyRouting(self.cfg.route_table, self.cfg.rule_pref)
+        self.nft = Nft(self.cfg.nft_binary)
+        self.policy = SteeringPolicy("nft")
         self._applied: _Applied | None = None  # None: kernel state not adopted yet
         self._zones = ZonePool()
 
-    # -- nft plumbing ----------------------------------------------------------
-
-    def _nft(self, args: Sequence[str], stdin: str | None = None) -> str:
-        binary = shutil.which(self.cfg.nft_binary)
-        if binary is None:
-            raise DatapathError(
-                f"nft: the {self.cfg.nft_binary!r} command is missing (install Debian 'nftables')")
-        try:
-            proc = subprocess.run([binary, *args], input=stdin, capture_output=True,
-                                  text=True, timeout=NFT_TIMEOUT_S, check=False)
-        except subprocess.TimeoutExpired:
-            raise DatapathError(f"nft: {' '.join(args)} timed out") from None
-        if proc.returncode != 0:
-            first = next((ln for ln in proc.stderr.splitlines() if ln.strip()), "failed")
-            raise DatapathError(f"nft: {first.strip()}")
-        return proc.stdout
-
     def _apply(self, batch: str) -> None:
-        self._nft(["-f", "-"], stdin=batch)
+        self.nft.apply(batch)
+
+    def _tables(self) -> list[tuple[str, str]]:
+        return [("inet", self.cfg.table), ("netdev", self.cfg.table)]
 
     def _tables_exist(self) -> bool:
-        out = self._nft(["list", "tables"])
-        have = {tuple(line.split()[1:3]) for line in out.splitlines() if line.startswith("table")}
-        return {("inet", self.cfg.table), ("netdev", self.cfg.table)} <= have
+        return set(self._tables()) <= self.nft.tables()
 
     # -- Datapath protocol -----------------------------------------------------
 
@@ -385,9 +173,7 @@ class NftDatapath:
             log.warning("nft: this kernel cannot reject in netdev chains "
                         "(CONFIG_NFT_REJECT_NETDEV): refused guests are dropped, not reset")
             self.cfg = dataclasses.replace(self.cfg, netdev_reject=False)
-        t = self.cfg.table
-        replace = (f"add table inet {t}\ndelete table inet {t}\n"
-                   f"add table netdev {t}\ndelete table netdev {t}\n" + render_ruleset(self.cfg))
+        replace = Nft.drop_tables(self._tables()) + render_ruleset(self.cfg)
         carried = self._carry_over() if self._tables_exist() else ""
         try:
             self._apply(replace + carried + self._alive_until_heartbeat())
@@ -407,7 +193,7 @@ class NftDatapath:
         of a netdev chain with a reject rule."""
         probe = f"{self.cfg.table}_probe"
         try:
-            self._nft(["-c", "-f", "-"], stdin=(
+            self.nft.run(["-c", "-f", "-"], stdin=(
                 f"add table netdev {probe}\n"
                 f"add chain netdev {probe} c {{ type filter hook ingress device lo priority 0; }}\n"
                 f"add rule netdev {probe} c meta l4proto tcp reject with tcp reset\n"))
@@ -444,7 +230,7 @@ class NftDatapath:
         t = self.cfg.table
         lines: list[str] = []
         for fam in ("inet", "netdev"):
-            data = json.loads(self._nft(["-j", "list", "table", fam, t]))
+            data = json.loads(self.nft.run(["-j", "list", "table", fam, t]))
             for item in data.get("nftables", []):
                 s = item.get("set") or item.get("map")
                 if not s or s.get("name") not in ("managed", "vm_mark", "vm_zone", "steered"):
@@ -467,11 +253,10 @@ class NftDatapath:
         return self._tables_exist() and self.routing.present()
 
     def remove(self) -> None:
-        t = self.cfg.table
-        self._apply(f"add table inet {t}\ndelete table inet {t}\n"
-                    f"add table netdev {t}\ndelete table netdev {t}\n")
+        self._apply(Nft.drop_tables(self._tables()))
         self.routing.remove()
         self._applied = None
+        self.policy.forget()
 
     def sync(self, taps: Mapping[str, TapState]) -> None:
         """Make the elements (and the ingress device list) equal ``taps``.
@@ -480,14 +265,8 @@ class NftDatapath:
         plus an add. Removing an element that may not exist is written as
         add-then-delete, so the batch never fails on state it cannot see.
         """
-        for name, tap in taps.items():
-            if name != tap.ifname or not _IFNAME.match(name):
-                raise DatapathError(f"nft: bad tap entry {name!r}")
-        blocked = self._unsteerable(taps)
-        warned = self._applied.blocked if self._applied else {}
-        for name, why in sorted(blocked.items()):
-            if warned.get(name) != why:  # once per tap and reason, not on every sync
-                log.warning("nft: tap %s is not steered (fail closed): %s", name, why)
+        check_taps(taps, "nft")
+        blocked = self.policy.plan(taps, dump_links() if taps else {}).blocked
         if self._applied is None:
             if not self._tables_exist():
                 raise DatapathError("nft: tables missing; install() the datapath first")
@@ -505,21 +284,7 @@ class NftDatapath:
         self._applied = _Applied(taps=dict(taps), shards=shards, blocked=blocked)
 
     def unsteerable(self) -> dict[str, str]:
-        """Taps the last sync was asked to steer but left fail-closed, with why
-        (see bridge.py); for operators' status output and tests."""
-        return dict(self._applied.blocked) if self._applied else {}
-
-    def _unsteerable(self, taps: Mapping[str, TapState]) -> dict[str, str]:
-        """Taps meant to be steered whose frames cannot reach their listener
-        (bridge.py), by name, with the reason; from one netlink dump."""
-        wanted = {tap.ifindex: name for name, tap in taps.items() if tap.steer}
-        facts: dict[int, PortFacts] = port_facts(wanted) if wanted else {}
-        out = {}
-        for idx, name in wanted.items():
-            why = facts[idx].unsteerable() if idx in facts else None
-            if why is not None:
-                out[name] = why
-        return out
+        return self.policy.blocked
 
     def _sync_batch(self, taps: Mapping[str, TapState], old: _Applied,
                     full: bool, blocked: Set[str] = frozenset()
@@ -612,7 +377,7 @@ class NftDatapath:
                 if devs:
                     lines.append(render_ingress_chain(self.cfg, i, sorted(devs)))
             elif i in additions and existed:
-                hook = (f"type filter hook ingress devices = {_quoted(additions[i])} "
+                hook = (f"type filter hook ingress devices = {quoted(additions[i])} "
                         f"priority {prio};")
                 lines.append(f"add chain netdev {t} {shard_name(i)} {{ {hook} }}")
             elif i in additions:
@@ -622,8 +387,7 @@ class NftDatapath:
         return lines, shards
 
     def _existing_shards(self) -> list[str]:
-        data = json.loads(self._nft(["-j", "list", "table", "netdev", self.cfg.table]))
-        return [item["chain"]["name"] for item in data.get("nftables", [])
+        return [item["chain"]["name"] for item in self.nft.table_json("netdev", self.cfg.table)
                 if "chain" in item and item["chain"]["name"].startswith(INGRESS_CHAIN)]
 
     def counters(self) -> dict[str, TapCounters]:
@@ -634,8 +398,7 @@ class NftDatapath:
         by_name = {name: name for name in self._applied.taps}
         out = {name: TapCounters() for name in self._applied.taps}
         for fam in ("inet", "netdev"):
-            data = json.loads(self._nft(["-j", "list", "table", fam, self.cfg.table]))
-            for item in data.get("nftables", []):
+            for item in self.nft.table_json(fam, self.cfg.table):
                 s = item.get("set")
                 if not s or s.get("name") not in COUNTER_SETS:
                     continue
@@ -646,13 +409,8 @@ class NftDatapath:
                     name = (by_index.get(int(str(key))) if str(key).isdigit()
                             else by_name.get(str(key)))
                     packets = int(e.get("counter", {}).get("packets", 0))
-                    if name is None:
-                        continue
-                    c = out[name]
-                    if hasattr(c, attr):
-                        setattr(c, attr, getattr(c, attr) + packets)
-                    else:
-                        c.extra[attr] = c.extra.get(attr, 0) + packets
+                    if name is not None:
+                        out[name].add(attr, packets)
         return out
 
     def rule_counts(self) -> dict[str, int]:
@@ -661,8 +419,7 @@ class NftDatapath:
         SHARD_SIZE taps, and a packet traverses exactly one of them."""
         counts: dict[str, int] = {}
         for fam in ("inet", "netdev"):
-            data = json.loads(self._nft(["-j", "list", "table", fam, self.cfg.table]))
-            for item in data.get("nftables", []):
+            for item in self.nft.table_json(fam, self.cfg.table):
                 if "chain" in item:
                     counts.setdefault(f"{fam}/{item['chain']['name']}", 0)
                 if "rule" in item:
@@ -673,7 +430,7 @@ class NftDatapath:
     def ingress_devices(self) -> set[str]:
         """Devices the ingress shards are hooked on (parsed from the text
         listing: nft 1.0.6's JSON omits multi-device lists)."""
-        out = self._nft(["list", "table", "netdev", self.cfg.table])
+        out = self.nft.run(["list", "table", "netdev", self.cfg.table])
         found: set[str] = set()
         for many, one in re.findall(r"devices = \{([^}]*)\}|device \"?([^\" ;]+)\"?", out):
             for d in (many.split(",") if many else [one]):
@@ -712,7 +469,3 @@ def _element(kind: str, ifindex: int, zones: Mapping[int, int]) -> str:
     if kind == "zone":
         return f"{ifindex} : {zones[ifindex]}"
     return str(ifindex)
-
-
-if __name__ == "__main__":  # regenerate deploy/nftables/interceptor.nft
-    print(reference_ruleset(), end="")

@@ -17,7 +17,7 @@ Why three rules and not one (or one per tap):
   constant.
 * A bare ``fwmark … lookup T`` also matches packets the host *sends* with the
   mark: with ``net.ipv4.tcp_fwmark_accept=1`` an accepted socket inherits the
-  SYN's mark, so its replies would be routed to ``lo`` (DESIGN's pitfall).
+  SYN's mark, so its replies would be routed to ``lo``.
   For locally generated packets the routing ``iif`` is ``lo``, so the first
   rule sends them past the tproxy table to ``nop`` (a target of our own, so
   the ``goto`` never depends on someone else's rule) and on to the usual
@@ -34,24 +34,19 @@ Reverse-path filtering: the kernel validates the guest's source address on
 the tap before local delivery. With ``rp_filter`` 1 (strict) the host needs a
 route to the guest's address through that tap, and with 2 (loose) any route
 to it; an on-link guest whose address the host does not route is dropped.
-``rp_filter_blocks`` reports taps where that can happen.
 """
 
 from __future__ import annotations
 
 import errno
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from interceptor.common.errors import DatapathError
-from interceptor.node.datapath.base import MARK_MASK, MARK_TAG
-
-DEFAULT_TABLE = 4711
-DEFAULT_PREF = 1000
+from interceptor.node.datapath.base import DEFAULT_PREF, DEFAULT_TABLE, MARK_MASK, MARK_TAG
 
 FR_ACT_TO_TBL = 1
 FR_ACT_GOTO = 2
@@ -65,19 +60,14 @@ RTPROT_STATIC = 4
 class PolicyRouting:
     """The constant set of ip rules and the one route; idempotent install/remove.
 
-    Works in the network namespace of the calling thread.
+    Works in the network namespace of the calling thread. Table and
+    preference are validated with the rest of the options (contract.py).
     """
 
     table: int = DEFAULT_TABLE
     pref: int = DEFAULT_PREF
     mark: int = MARK_TAG
     mask: int = MARK_MASK
-
-    def __post_init__(self) -> None:
-        if not 0 < self.table < 0xFFFFFFFF or self.table in (253, 254, 255):
-            raise DatapathError(f"routing: table {self.table} is reserved or out of range")
-        if not 0 < self.pref < 32764:
-            raise DatapathError(f"routing: rule preference {self.pref} must be in 1..32763")
 
     def _rules(self) -> list[dict[str, Any]]:
         base = {"family": 2, "fwmark": self.mark, "fwmask": self.mask}
@@ -129,29 +119,6 @@ class PolicyRouting:
                 return False
             routes = ipr.route("dump", table=self.table, family=2)
             return any(r.get("type") == RTN_LOCAL and r.get("dst_len") == 0 for r in routes)
-
-
-def install_routing(table: int = DEFAULT_TABLE, pref: int = DEFAULT_PREF) -> None:
-    PolicyRouting(table, pref).install()
-
-
-def remove_routing(table: int = DEFAULT_TABLE, pref: int = DEFAULT_PREF) -> None:
-    PolicyRouting(table, pref).remove()
-
-
-def routing_present(table: int = DEFAULT_TABLE, pref: int = DEFAULT_PREF) -> bool:
-    return PolicyRouting(table, pref).present()
-
-
-def rp_filter_blocks(ifname: str, proc: Path = Path("/proc/sys/net/ipv4/conf")) -> int:
-    """The effective ``rp_filter`` mode on ``ifname`` (max of ``all`` and the
-    device), 0 when reverse-path filtering cannot drop unrouted guests."""
-    def read(dev: str) -> int:
-        try:
-            return int((proc / dev / "rp_filter").read_text().strip())
-        except (OSError, ValueError):
-            return 0
-    return max(read("all"), read(ifname))
 
 
 def _lo_index(ipr: Any) -> int:

@@ -6,6 +6,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
+from typing import Literal
 
 import pytest
 
@@ -31,7 +32,9 @@ def test_every_file_is_what_http_serves(any_doc: InstanceDocument) -> None:
 
 def test_image_holds_the_files_read_only(load_doc: Callable[[str], InstanceDocument]) -> None:
     doc = load_doc("normal")
-    for fmt, label in (("openstack", "config-2"), ("nocloud", "cidata")):
+    formats: tuple[tuple[Literal["openstack", "nocloud"], str], ...] = (
+        ("openstack", "config-2"), ("nocloud", "cidata"))
+    for fmt, label in formats:
         contents = read_iso(configdrive.build_iso(doc, fmt))
         assert contents.label == label
         assert contents.files == configdrive.drive_files(doc, fmt)
@@ -54,7 +57,7 @@ def test_same_document_same_bytes_whatever_the_clock_and_zone(
     assert hashlib.sha256(first).digest() == hashlib.sha256(second).digest()
     # The clock is pycdlib's own again after a build.
     import pycdlib.pycdlib
-    assert pycdlib.pycdlib.time is time
+    assert pycdlib.pycdlib.time is time  # type: ignore[attr-defined]
     doc["hostname"] = "changed"
     assert configdrive.build_iso(doc, "openstack") != first
 

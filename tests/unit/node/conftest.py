@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from node_fakes import FakeClock, FakeSource, load_doc
+
+from tests.unit.node.node_fakes import FakeClock, FakeSource, load_doc
 
 
 @pytest.fixture

@@ -12,14 +12,13 @@ from __future__ import annotations
 import asyncio
 import base64
 
-from node_fakes import IID, FakeSource, load_doc
-from test_node_guest_api import Env
-
 from interceptor.formats.document import InstanceDocument
 from interceptor.formats.rendered import Rendered
 from interceptor.formats.router import render_path
 from interceptor.node.guest_api import GuestApi
 from interceptor.node.tokens import TokenIssuer
+from tests.unit.node.node_fakes import IID, FakeSource, load_doc
+from tests.unit.node.test_node_guest_api import Env
 
 PATH = "/latest/meta-data/hostname"
 

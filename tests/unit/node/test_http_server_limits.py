@@ -13,12 +13,11 @@ import asyncio
 import resource
 import time
 
-from test_node_http_server import TAP, Client, listening_socket, serve
-
 from interceptor.node.http_connection import WRITE_HIGH_WATER
 from interceptor.node.http_server import GuestHttpServer, HandlerResult, Request, Response
 from interceptor.node.http_server import TapIdentity as Identity
 from interceptor.node.limits import HttpLimits
+from tests.unit.node.test_node_http_server import TAP, Client, listening_socket, serve
 
 
 async def test_regression_crlf_crlf_crlf_stream_is_refused() -> None:

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from node_fakes import load_doc
 
 from interceptor.common.signing import HEADER_REQUEST_ID, verify
 from interceptor.node.backend_client import (
@@ -23,6 +22,7 @@ from interceptor.node.backend_client import (
     TooLarge,
 )
 from interceptor.node.metrics import NodeMetrics
+from tests.unit.node.node_fakes import load_doc
 
 KEY = b"platform-signing-key"
 NODE = "node-a"

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from node_fakes import IID, FakeClock, FakeSource, load_doc
 
 from interceptor.node.backend_client import BackendUnavailable, NotBound, NotFound
 from interceptor.node.cache import DocumentCache, LargeMemo
 from interceptor.node.metrics import NodeMetrics
+from tests.unit.node.node_fakes import IID, FakeClock, FakeSource, load_doc
 
 
 def make(source: FakeSource, clock: FakeClock, **kw: float) -> DocumentCache:
@@ -33,7 +33,7 @@ async def test_single_flight(source: FakeSource, clock: FakeClock) -> None:
     docs = await asyncio.gather(*waiters)
     assert len(source.calls) == 1
     assert all(d is docs[0] for d in docs)
-    assert metrics.cache_joins._value.get() == 49  # type: ignore[attr-defined]
+    assert metrics.cache_joins._value.get() == 49
     assert cache.peek(IID) is docs[0]
 
 
@@ -97,7 +97,7 @@ async def test_stale_if_error_bound_then_503(source: FakeSource, clock: FakeCloc
     clock.advance(2)
     with pytest.raises(BackendUnavailable):
         await cache.get(IID)
-    assert metrics.cache_stale._value.get() == 2  # type: ignore[attr-defined]
+    assert metrics.cache_stale._value.get() == 2
     # Backend back: served fresh again.
     source.error = None
     clock.advance(1)

@@ -6,7 +6,6 @@ import asyncio
 from typing import Any
 
 import pytest
-from node_fakes import IID, FakeClock, FakeSource, FakeWriter, load_doc
 
 from interceptor.formats.rendered import etag_of
 from interceptor.formats.router import render_path
@@ -24,6 +23,7 @@ from interceptor.node.http_server import Request, Response, TapIdentity
 from interceptor.node.limits import RateLimiter
 from interceptor.node.metrics import NodeMetrics
 from interceptor.node.tokens import TokenIssuer
+from tests.unit.node.node_fakes import IID, FakeClock, FakeSource, FakeWriter, load_doc
 
 TAP = TapIdentity("tap0", 5, IID)
 
@@ -326,7 +326,7 @@ async def test_put_meta_key_needs_guest_writes(source: FakeSource) -> None:
 async def test_disable_goes_to_the_backend(env: Env) -> None:
     r = await env.call("POST", "/interceptor/v1/disable")
     assert r.status == 204 and env.writer.calls == [("disable", IID)]
-    env.writer.error = BackendUnavailable("down")  # type: ignore[assignment]
+    env.writer.error = BackendUnavailable("down")
     assert (await env.call("POST", "/interceptor/v1/disable")).status == 503
 
 

@@ -114,8 +114,11 @@ def test_store_refuses_a_listener_of_another_port_or_device() -> None:
     sent: list[str] = []
     wrong_port = _lo_listener()
     gone = _lo_listener()
-    store = ListenerStore({"lo": wrong_port, "tapgone": gone},
-                          notify=lambda message, fds=None: sent.append(message) or True,
+    def notify(message: str, fds: object = None) -> bool:
+        sent.append(message)
+        return True
+
+    store = ListenerStore({"lo": wrong_port, "tapgone": gone}, notify=notify,
                           open_listener=lambda *_: _lo_listener())
     replacement = store.open("lo", "127.0.0.1", 1)  # the inherited one is on another port
     assert replacement is not wrong_port and wrong_port.fileno() == -1

@@ -1,8 +1,7 @@
 from __future__ import annotations
 
-from node_fakes import FakeClock
-
 from interceptor.node.limits import RateLimiter
+from tests.unit.node.node_fakes import FakeClock
 
 
 def test_bucket_allows_burst_then_refuses_then_refills() -> None:

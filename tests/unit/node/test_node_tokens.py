@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 import pytest
-from node_fakes import FakeClock
 
 from interceptor.node.tokens import TokenIssuer, TokenStatus, parse_ttl
+from tests.unit.node.node_fakes import FakeClock
 
 
 def test_issue_and_validate_for_same_instance() -> None:

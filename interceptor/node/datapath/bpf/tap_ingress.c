@@ -1,7 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * tc clsact ingress programs of the interceptor node daemon's eBPF datapath.
- * Compiled at run time by BCC (interceptor/node/datapath/ebpf.py).
+ * Compiled at run time by BCC (interceptor/node/datapath/ebpf.py). What it
+ * must do is the datapath contract (interceptor/node/datapath/contract.py),
+ * the same as the nft datapath's; this file is the kernel half only.
+ * "169.254.169.254:80" below stands for the configured metadata address and
+ * port (METADATA_ADDR_HOST, METADATA_PORT).
  *
  * `tap_ingress` runs on every managed tap, per frame coming from a guest:
  *   ARP request for 169.254.169.254   enabled tap -> rewritten into a reply
@@ -51,8 +55,15 @@
  * headers that may be older than the running kernel. Everything is read with
  * bpf_skb_load_bytes, so non-linear skbs need no pulling for ordinary traffic.
  *
- * Compile-time parameters (BCC cflags):
- *   PIN_DIR    string literal, bpffs directory holding the pinned maps.
+ * Every frame the program lets pass from a tap carries GUEST_MARK_TAG in the
+ * mark's high byte (steered ones MARK_TAG | ifindex): the eBPF datapath's
+ * guard (ebpf_guard.py) drops what comes from a managed name without it, a
+ * tap the program is not attached to yet.
+ *
+ * Compile-time parameters (BCC cflags, EbpfConfig.cflags):
+ *   PIN_DIR             string literal, bpffs directory holding the pinned maps.
+ *   METADATA_ADDR_HOST  the metadata address, host byte order (e.g. 0xa9fea9feu).
+ *   METADATA_PORT       its TCP port.
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/if_arp.h>
@@ -64,14 +75,16 @@
 #include <uapi/linux/pkt_cls.h>
 #include <uapi/linux/tcp.h>
 
-#if !defined(PIN_DIR)
-#error "PIN_DIR must be defined by the loader"
+#if !defined(PIN_DIR) || !defined(METADATA_ADDR_HOST) || !defined(METADATA_PORT)
+#error "PIN_DIR, METADATA_ADDR_HOST and METADATA_PORT must be defined by the loader"
 #endif
 
-/* 169.254.169.254, network byte order. */
-#define METADATA_ADDR bpf_htonl(0xA9FEA9FEu)
-#define METADATA_PORT 80
+/* The metadata address, network byte order. */
+#define METADATA_ADDR bpf_htonl(METADATA_ADDR_HOST)
 #define MAX_TAPS 16384
+/* base.py: MARK_MASK, and nft_ruleset.py: GUEST_MARK_TAG. */
+#define MARK_MASK 0xFF000000u
+#define GUEST_MARK_TAG 0x4E000000u
 
 #ifndef AF_INET
 #define AF_INET 2
@@ -364,10 +377,42 @@ static __always_inline int syn_allowed(__u32 ifindex, struct dp_config *cfg)
     return 1;
 }
 
-/* Assign the segment to the socket of its 4-tuple on this device: the
- * established (or request, or time-wait) socket, else the listener. It must
- * be bound to 169.254.169.254:80 on this very device, so a wildcard listener
- * of some host service is never chosen. Returns 0 when one was found. */
+/* Is `sk` one of ours: bound to the metadata address and port on this very
+ * device (so a wildcard listener of some host service never counts)? */
+static __always_inline int own_socket(struct bpf_sock *sk, __u32 ifindex)
+{
+    return sk->src_ip4 == METADATA_ADDR && sk->src_port == METADATA_PORT &&
+           sk->bound_dev_if == ifindex;
+}
+
+/* Is there a listener of ours on this device? Looked up with source port 0,
+ * which no connected socket has, so only listeners can match. */
+static __always_inline int own_listener(struct __sk_buff *skb, struct bpf_sock_tuple *tuple)
+{
+    struct bpf_sock_tuple probe = *tuple;
+    probe.ipv4.sport = 0;
+    struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &probe, sizeof(probe.ipv4),
+                                             BPF_F_CURRENT_NETNS, 0);
+    if (!sk)
+        return 0;
+    int ours = sk->state == BPF_TCP_LISTEN && own_socket(sk, skb->ifindex);
+    bpf_sk_release(sk);
+    return ours;
+}
+
+/* Hand the segment to the socket of its 4-tuple on this device: the
+ * established (or request) socket, else the listener. Returns 0 when the
+ * stack will deliver it to a socket of ours, -1 to drop.
+ *
+ * A TIME-WAIT socket of the same 4-tuple needs care, whoever's it is (one
+ * of a host service that served this address before, one of ours): for a
+ * SYN the stack itself ends it and looks up the listener again
+ * (tcp_timewait_state_process: "TCP_TW_SYN"), as nft's tproxy does. So a
+ * SYN that meets one passes unassigned, if and only if our listener is there
+ * to be found (else a wildcard host service could be); any other segment
+ * for a TIME-WAIT socket that is not ours is dropped, as by nft. Assigning
+ * someone else's TIME-WAIT socket, or dropping the SYN, would leave the
+ * guest retrying that port until the socket expires. */
 static __always_inline int assign_own_socket(struct __sk_buff *skb, struct iphdr *ip,
                                              struct tcphdr *tcp)
 {
@@ -381,8 +426,13 @@ static __always_inline int assign_own_socket(struct __sk_buff *skb, struct iphdr
                                              BPF_F_CURRENT_NETNS, 0);
     if (!sk)
         return -1;
-    int ours = sk->src_ip4 == METADATA_ADDR && sk->src_port == METADATA_PORT &&
-               sk->bound_dev_if == skb->ifindex;
+    if (sk->state == BPF_TCP_TIME_WAIT) {
+        bpf_sk_release(sk);
+        if (tcp->syn && !tcp->ack && !tcp->rst)
+            return own_listener(skb, &tuple) ? 0 : -1;
+        return -1;
+    }
+    int ours = own_socket(sk, skb->ifindex);
     /* Should the assignment itself fail, the stack's own lookup finds the
      * same socket: it is the most specific match for this device. */
     if (ours)
@@ -723,6 +773,13 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb, struct ethhdr *eth
 int tap_ingress(struct __sk_buff *skb)
 {
     struct ethhdr eth;
+
+    /* Seen by the program (ebpf_guard.py); an operator's low bits are kept.
+     * (The barrier keeps clang from narrowing this to a one-byte store,
+     * which the verifier refuses on the context.) */
+    __u32 mark = (skb->mark & ~MARK_MASK) | GUEST_MARK_TAG;
+    asm volatile("" : "+r"(mark));
+    skb->mark = mark;
 
     if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0)
         return TC_ACT_OK;  /* runt: not addressed to anything we own */

@@ -1,8 +1,9 @@
-"""End to end: the eBPF datapath keeps guests away from the node's own
-services (the host input filter of bpf/tap_ingress.c), on routed and
-bridged taps, while forwarded and guest-to-guest traffic (broadcast
-included) and the host's own connections to guests keep working. Same loader
-(``EbpfNode``) as test_datapath_ebpf.py."""
+"""End to end, on both datapaths: guests are kept away from the node's own
+services (nft's ``host_input`` chain, the host input filter of
+``interceptor/node/datapath/bpf/tap_ingress.c``), on routed and bridged
+taps, while forwarded and guest-to-guest traffic (broadcast included) and
+the host's own connections to guests keep working. Same node agent as
+test_datapath.py (datapath_support.py)."""
 
 from __future__ import annotations
 
@@ -10,17 +11,15 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
-from tests.e2e.netns import Guest, NetnsRpc, Topology, sh
-from tests.e2e.test_datapath_ebpf import AGENT, agent_config, fetch, start_node, steer, unpin
+from tests.e2e.datapath_support import Nodes, fetch, steer
+from tests.lab import Guest, NetnsRpc, Topology, sh, unique
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
-SERVICE = "tests.e2e.test_host_input_ebpf:CountingService"
+SERVICE = "tests.e2e.test_datapath_host_input:CountingService"
 PORT = 7070  # TCP and UDP, on every address (IPv4 and IPv6) of its namespace
 UPLINK = "192.0.2.1"  # the node's address on another interface
 GW6 = "2001:db8:1::1"  # the node's global IPv6 address on the tap
@@ -159,30 +158,31 @@ def dual_stack(topology: Topology, guest: Guest, host6: str, guest6: str) -> Non
 
 
 @pytest.fixture
-def node(topology: Topology) -> Iterator[Any]:
-    yield from _node(topology)
+def node(nodes: Nodes) -> NetnsRpc:
+    return nodes.start()
 
 
 @pytest.fixture
-def allowing_node(topology: Topology) -> Iterator[Any]:
-    yield from _node(topology, input_allow_tcp=[PORT], input_allow_udp=[PORT])
+def allowing_node(nodes: Nodes) -> NetnsRpc:
+    return nodes.start(input_allow_tcp=[PORT], input_allow_udp=[PORT])
 
 
-def _node(topology: Topology, **overrides: Any) -> Iterator[Any]:
-    try:
-        yield start_node(topology, **overrides)
-    finally:
-        try:
-            topology.rpc(AGENT, agent_config(topology)).call("remove")
-        finally:
-            unpin(topology.prefix)
+def drops(node: NetnsRpc, tap: str) -> int:
+    """Host-input drops of the tap's guest (with nft, through a bridge: all
+    bridged guests', one rule counter)."""
+    return int(node.call("input_drops", tap))
+
+
+def tap_drops(node: NetnsRpc, tap: str) -> int:
+    """Host-input drops counted on the tap itself."""
+    return int(node.call("counters")[tap]["host_input_dropped"])
 
 
 def service(topology: Topology, netns: str | None = None) -> NetnsRpc:
     return topology.rpc(SERVICE, PORT, netns=netns)
 
 
-def test_guests_reach_no_host_service(topology: Topology, node: Any) -> None:
+def test_guests_reach_no_host_service(topology: Topology, node: NetnsRpc) -> None:
     """A steered and a refused guest, each trying TCP and UDP to the tap's
     addresses (IPv4, IPv6 global and link-local), another interface's address
     and 169.254.169.254 on another port: nothing arrives. An unmanaged guest
@@ -190,7 +190,9 @@ def test_guests_reach_no_host_service(topology: Topology, node: Any) -> None:
     routed_node(topology)
     on = topology.add_guest(route="gateway")
     off = topology.add_guest(ip="10.0.1.2/24", route="gateway", gateway="10.0.1.1")
-    control = topology.add_guest(ip="10.0.2.2/24", route="gateway", gateway="10.0.2.1")
+    # Not a managed name: no datapath touches it.
+    control = topology.add_guest(ip="10.0.2.2/24", route="gateway", gateway="10.0.2.1",
+                                 tap=unique("ctl"))
     dual_stack(topology, on, GW6, "2001:db8:1::2")
     route_back(topology, on, off, control)
     steer(node, on, refused=(off,))
@@ -203,17 +205,16 @@ def test_guests_reach_no_host_service(topology: Topology, node: Any) -> None:
         assert all(v in ("TimeoutError", "ConnectionRefusedError") for v in result.values()), \
             result
     assert svc.call("received") == []
-    counters = node.call("counters")
-    assert counters[on.tap]["extra"]["host_input_dropped"] >= 8  # TCP and UDP, 4 addresses
-    assert counters[off.tap]["extra"]["host_input_dropped"] >= 4
+    assert drops(node, on.tap) >= 8  # TCP and UDP, 4 addresses
+    assert drops(node, off.tap) >= 4
     # The metadata service itself still answers the steered guest.
     assert fetch(on)[0] == 200
-    # Control: without the program on its tap, a guest reaches the service.
+    # Control: on a tap that is not managed, a guest reaches the service.
     assert probe(control, [str(control.gateway)]) == {str(control.gateway): "hello\n"}
     assert sorted(svc.call("received")) == ["tcp 10.0.2.2", "udp 10.0.2.2 10.0.2.1"]
 
 
-def test_allowed_ports_reach_the_host(topology: Topology, allowing_node: Any) -> None:
+def test_allowed_ports_reach_the_host(topology: Topology, allowing_node: NetnsRpc) -> None:
     routed_node(topology)
     guest = topology.add_guest(route="gateway")
     dual_stack(topology, guest, GW6, "2001:db8:1::2")
@@ -226,10 +227,10 @@ def test_allowed_ports_reach_the_host(topology: Topology, allowing_node: Any) ->
     assert got == sorted(["tcp 10.0.0.2", "udp 10.0.0.2 10.0.0.1", "tcp 10.0.0.2",
                           "udp 10.0.0.2 192.0.2.1", "tcp 2001:db8:1::2",
                           "udp 2001:db8:1::2 2001:db8:1::1"]), got
-    assert allowing_node.call("counters")[guest.tap]["extra"].get("host_input_dropped", 0) == 0
+    assert drops(allowing_node, guest.tap) == 0
 
 
-def test_forwarded_and_host_initiated_traffic_passes(topology: Topology, node: Any) -> None:
+def test_forwarded_and_host_initiated_traffic_passes(topology: Topology, node: NetnsRpc) -> None:
     """Guest to guest through the node (IPv4 and IPv6), and the node's own
     connection to a guest (its replies come in on the tap, to a node
     address): all untouched, nothing counted as host input."""
@@ -252,9 +253,7 @@ def test_forwarded_and_host_initiated_traffic_passes(topology: Topology, node: A
     in_node = service(topology)
     assert in_node.call("talk", "10.0.1.2", PORT) == "hello\n"
     assert in_node.call("talk", "2001:db8:2::2", PORT) == "hello\n"
-    counters = node.call("counters")
-    assert counters[a.tap]["extra"].get("host_input_dropped", 0) == 0
-    assert counters[b.tap]["extra"].get("host_input_dropped", 0) == 0
+    assert drops(node, a.tap) == 0 and drops(node, b.tap) == 0
 
 
 # -- bridged taps: what the bridge passes up to the node is filtered too ----------------
@@ -301,7 +300,7 @@ def bridged_guests(topology: Topology, count: int) -> list[Guest]:
     return guests
 
 
-def steer_bridged(node: Any, *guests: Guest, refused: tuple[Guest, ...] = ()) -> None:
+def steer_bridged(node: NetnsRpc, *guests: Guest, refused: tuple[Guest, ...] = ()) -> None:
     node.call("fwmark_accept", 1)
     taps = {g.tap: {"steer": True, "bridge": g.bridge} for g in guests}
     taps.update({g.tap: {"steer": False, "bridge": g.bridge} for g in refused})
@@ -310,7 +309,7 @@ def steer_bridged(node: Any, *guests: Guest, refused: tuple[Guest, ...] = ()) ->
         node.call("listen", g.tap)
 
 
-def test_bridged_guests_reach_no_host_service(topology: Topology, node: Any) -> None:
+def test_bridged_guests_reach_no_host_service(topology: Topology, node: NetnsRpc) -> None:
     """Guests on a bridge, steered and refused: TCP and UDP to the bridge's
     addresses (IPv4, IPv6 global and link-local), another interface's and
     the metadata address on another port reach nothing; broadcast reaches the
@@ -336,10 +335,9 @@ def test_bridged_guests_reach_no_host_service(topology: Topology, node: Any) -> 
               "udp 10.0.0.2 bcast 255.255.255.255"]
     assert sorted(await_received(in_b, want_b)) == sorted(want_b)
     assert svc.call("received") == []
-    counters = node.call("counters")
-    assert counters[a.tap]["extra"]["host_input_dropped"] >= 10  # 4 node addresses, 2 broadcasts
-    assert counters[refused.tap]["extra"]["host_input_dropped"] >= 4
-    assert counters[b.tap]["extra"].get("host_input_dropped", 0) == 0
+    assert drops(node, a.tap) >= 10  # 4 node addresses, 2 broadcasts
+    assert drops(node, refused.tap) >= 4
+    assert tap_drops(node, b.tap) == 0
     assert echo(a, BRIDGE_GW) and echo(a, "10.0.0.3")
     # The node opens connections to a bridged guest: its replies come in
     # through the bridge, to the bridge's address.
@@ -348,7 +346,7 @@ def test_bridged_guests_reach_no_host_service(topology: Topology, node: Any) -> 
 
 
 def test_bridged_allowed_ports_reach_the_host(topology: Topology,
-                                              allowing_node: Any) -> None:
+                                              allowing_node: NetnsRpc) -> None:
     routed_node(topology)
     a, b = bridged_guests(topology, 2)
     steer_bridged(allowing_node, a, b)
@@ -361,4 +359,4 @@ def test_bridged_allowed_ports_reach_the_host(topology: Topology,
             "udp 2001:db8:1::2 2001:db8:1::1", "udp 10.0.0.2 bcast 10.0.0.255"]
     got = await_received(svc, want)
     assert sorted(got) == sorted(want), got
-    assert allowing_node.call("counters")[a.tap]["extra"].get("host_input_dropped", 0) == 0
+    assert drops(allowing_node, a.tap) == 0

@@ -1,1 +1,0 @@
-../interceptor/node/datapath/bpf/tap_ingress.c
