@@ -57,7 +57,8 @@ class TapManager:
                  open_listener: Callable[[str, str, int], socket.socket] = open_tap_listener,
                  latch_store: LatchStore | None = None,
                  metrics: NodeMetrics | None = None,
-                 ifindex_of: Callable[[str], int] | None = socket.if_nametoindex) -> None:
+                 ifindex_of: Callable[[str], int] | None = socket.if_nametoindex,
+                 on_listener_released: Callable[[str], None] | None = None) -> None:
         self._datapath = datapath
         self._server = server
         self._disabled_action = disabled_action
@@ -66,6 +67,11 @@ class TapManager:
         self._on_instances_changed = on_instances_changed
         self._open_listener = open_listener
         self._ifindex_of = ifindex_of
+        # Restart hand-over (datapath/listeners.py ListenerStore): told when a
+        # tap's listener is closed for good; not at daemon exit, where the
+        # listeners stay with the service manager for the next process.
+        self._on_listener_released = on_listener_released
+        self._links_known = False
         self._links: dict[str, Link] = {}
         self._bindings: dict[str, Binding] = {}
         self._served: dict[str, _Served] = {}
@@ -90,6 +96,7 @@ class TapManager:
 
     async def update_links(self, links: Mapping[str, Link]) -> None:
         self._links = dict(links)
+        self._links_known = True
         await self.apply()
 
     async def update_bindings(self, bindings: Mapping[str, Binding]) -> None:
@@ -117,6 +124,10 @@ class TapManager:
     async def apply(self) -> None:
         """Recompute and apply; concurrent calls are serialised."""
         async with self._lock:
+            if not self._links_known:
+                # Bindings before the first link dump: applying now would
+                # unsteer every tap the previous process left steered.
+                return
             wanted = self._desired(frozenset())
             if wanted.latches != self._latches:
                 await asyncio.to_thread(self._latch_store.save, wanted.latches)
@@ -189,6 +200,7 @@ class TapManager:
             if served is not None:  # rebound or recreated: never reuse the old identity
                 await self._server.remove_listener(served.listener)
                 del self._served[name]
+                self._released(name)
             try:
                 sock = self._open_listener(name, self._address, self._port)
                 # The name may now belong to another tap than the one we saw
@@ -219,7 +231,12 @@ class TapManager:
                 continue
             served = self._served.pop(name)
             await self._server.remove_listener(served.listener)
+            self._released(name)
             log.info("tap %s no longer serves instance %s", name, served.identity.instance_id)
+
+    def _released(self, name: str) -> None:
+        if self._on_listener_released is not None:
+            self._on_listener_released(name)
 
     async def close(self) -> None:
         if self._retry is not None:

@@ -52,6 +52,10 @@ class NftConfig(DatapathConfig):
     table: str = "interceptor"
     ingress_priority: int = -300
     nft_binary: str = "nft"
+    # Kernels built without CONFIG_NFT_REJECT_NETDEV (Debian 12's 6.1 among
+    # them) cannot send the netdev chain's RSTs: install() probes and, there,
+    # drops instead (guests then wait for their own timeout, still fail closed).
+    netdev_reject: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -129,7 +133,7 @@ update @cnt_steered {{ iif }} tproxy ip to {md}:{port} accept
     meta mark & 0x{MARK_MASK:08x} != 0x{GUEST_MARK_TAG:08x} {not_ours} return
     meta mark & 0x{MARK_MASK:08x} == 0x{MARK_TAG:08x} ip daddr {md} tcp dport {port} accept
     ct state established,related accept
-    meta l4proto {{ icmp, ipv6-icmp }} accept
+    meta l4proto {{ 1, 58 }} accept comment "ICMP, ICMPv6 (no names: no /etc/protocols needed)"
 {allow}    iif @managed update @cnt_input_drop {{ iif }} drop \
 comment "no other host service for guests"
     counter drop comment "the same, through a bridge (iif is the bridge: not counted per tap)"
@@ -138,6 +142,7 @@ comment "no other host service for guests"
 
 table netdev {t} {{
   set steered {{ type iface_index; }}
+  set alive {{ type inet_service; flags timeout; }}
 {counter_decl["netdev"]}}}
 """  # noqa: S608 (nft syntax, not SQL)
 
@@ -154,6 +159,7 @@ def render_ingress_chain(cfg: NftConfig, shard: int, devices: Sequence[str]) -> 
     mac = cfg.arp_reply_mac
     devs = quoted(devices)
     arp_on = "" if cfg.arp_when_refused else "iif @steered "
+    refuse = "reject with tcp reset" if cfg.netdev_reject else "drop"
     return f"""\
 table netdev {t} {{
   chain {shard_name(shard)} {{
@@ -168,8 +174,10 @@ arp saddr ip set {md} arp operation set reply fwd to iif
     arp daddr ip {md} drop comment "no ARP answer on an unsteered tap"
     arp operation reply meta pkttype host iif @steered ether daddr set {BYPASS_MAC} \
 accept comment "to the tap, not its bridge: the host resolves guests on the tap"
+    ip daddr {md} iif @steered tcp dport {cfg.metadata_port} tcp dport != @alive \
+update @cnt_refused {{ iif }} {refuse} comment "no daemon alive: fail fast"
     ip daddr {md} iif @steered meta pkttype set host ether daddr set {BYPASS_MAC} accept
-    ip daddr {md} meta l4proto tcp update @cnt_refused {{ iif }} reject with tcp reset
+    ip daddr {md} meta l4proto tcp update @cnt_refused {{ iif }} {refuse}
     ip daddr {md} drop
   }}
 }}
