@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.lab import PYTHON, REPO, Guest, readline, stderr_tail
+from tests.lab import PYTHON, REPO, Guest, readline, stderr_tail, stop
 
 HERE = Path(__file__).resolve().parent
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -32,16 +32,7 @@ def vendor_target(netns: str, port: int, mode: str, token: str) -> Iterator[None
             raise RuntimeError(f"vendor target did not start: {line!r} {stderr_tail(proc)}")
         yield
     finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
+        stop(proc)  # closes stdin (the stub exits), then waits, kills
 
 
 def crawl(guest: Guest, script: str, *args: str, timeout: float = 60.0) -> dict[str, Any]:

@@ -334,3 +334,12 @@ def get(guest: Guest, path: str, *headers: str, max_time: float = 3.0) -> tuple[
     body, _, tail = r.stdout.rpartition("\n")
     code, _, secs = tail.partition(" ")
     return int(code or 0), body, float(secs or 0)
+
+
+def guest_request(guest: Guest, method: str, path: str, body: str | None = None) -> int:
+    """The HTTP status of a guest's ``method`` to 169.254.169.254 (0 = no answer)."""
+    args = ["-X", method]
+    if body is not None:
+        args += ["--data-binary", body, "-H", "Content-Type: text/plain"]
+    r = guest.curl(f"http://169.254.169.254{path}", *args)
+    return int(r.stdout.rpartition("\n")[2].split()[0] or 0)

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from tests.conformance.support import vendor_target
-from tests.e2e.stack import ProductStack, get, metric, product
+from tests.e2e.stack import ProductStack, get, guest_request, metric, product
 from tests.lab import REPO, Guest, Topology, readline
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
@@ -344,14 +344,6 @@ def _put_token(guest: Guest) -> tuple[int, str]:
 
 # -- guest writes ------------------------------------------------------------------------
 
-def _guest(guest: Guest, method: str, path: str, body: str | None = None) -> int:
-    args = ["-X", method]
-    if body is not None:
-        args += ["--data-binary", body, "-H", "Content-Type: text/plain"]
-    r = guest.curl(f"http://169.254.169.254{path}", *args)
-    return int(r.stdout.rpartition("\n")[2].split()[0] or 0)
-
-
 def test_guest_deletes_a_key_for_good(nft_stack: ProductStack) -> None:
     stack = nft_stack
     guest = stack.topo.add_guest()
@@ -365,10 +357,11 @@ def test_guest_deletes_a_key_for_good(nft_stack: ProductStack) -> None:
     assert json.loads(get(guest, md)[1])["meta"]["one_time_secret"] == "s3cr3t-pub"
     assert "s3cr3t-res" in get(guest, "/metadata")[1]
 
-    assert _guest(guest, "DELETE", "/interceptor/v1/meta/public/one_time_secret") == 204
-    assert _guest(guest, "DELETE", "/interceptor/v1/meta/restricted/bootstrap_token") == 204
-    assert _guest(guest, "DELETE", "/interceptor/v1/meta/public/one_time_secret") == 404
-    assert _guest(guest, "DELETE", "/interceptor/v1/meta/private/anything") in (400, 404, 405)
+    assert guest_request(guest, "DELETE", "/interceptor/v1/meta/public/one_time_secret") == 204
+    assert guest_request(guest, "DELETE", "/interceptor/v1/meta/restricted/bootstrap_token") == 204
+    assert guest_request(guest, "DELETE", "/interceptor/v1/meta/public/one_time_secret") == 404
+    assert guest_request(guest, "DELETE",
+                         "/interceptor/v1/meta/private/anything") in (400, 404, 405)
 
     def gone_everywhere() -> None:
         meta = json.loads(get(guest, md)[1])["meta"]
@@ -394,18 +387,19 @@ def test_guest_data_writes_follow_the_server_setting(nft_stack: ProductStack) ->
     stack.put_server("i-gw-no", hostname="gw-no", ifname=denied.tap)
     _wait_served(allowed, "i-gw-yes")
     _wait_served(denied, "i-gw-no")
-    assert _guest(allowed, "PUT", "/interceptor/v1/guest-data/boot-status", "booted") == 204
-    assert _guest(allowed, "PUT", "/interceptor/v1/guest-data/agent", "v1.2") == 204
+    assert guest_request(allowed, "PUT", "/interceptor/v1/guest-data/boot-status", "booted") == 204
+    assert guest_request(allowed, "PUT", "/interceptor/v1/guest-data/agent", "v1.2") == 204
     assert stack.api("GET", "/v1/servers/i-gw-yes/guest-data")[1] == \
         {"boot-status": "booted", "agent": "v1.2"}
-    assert _guest(allowed, "DELETE", "/interceptor/v1/guest-data/agent") == 204
-    assert _guest(allowed, "DELETE", "/interceptor/v1/guest-data/agent") == 404
-    assert _guest(denied, "PUT", "/interceptor/v1/guest-data/boot-status", "booted") == 403
+    assert guest_request(allowed, "DELETE", "/interceptor/v1/guest-data/agent") == 204
+    assert guest_request(allowed, "DELETE", "/interceptor/v1/guest-data/agent") == 404
+    assert guest_request(denied, "PUT", "/interceptor/v1/guest-data/boot-status", "booted") == 403
     assert stack.api("GET", "/v1/servers/i-gw-no/guest-data")[1] == {}
     # A write while the backend is down fails; it never "succeeds" locally.
     stack.stop_backend()
     try:
-        assert _guest(allowed, "PUT", "/interceptor/v1/guest-data/boot-status", "lost") == 503
+        assert guest_request(allowed, "PUT", "/interceptor/v1/guest-data/boot-status",
+                             "lost") == 503
     finally:
         stack.start_backend()
     assert stack.api("GET", "/v1/servers/i-gw-yes/guest-data")[1] == {"boot-status": "booted"}
@@ -417,21 +411,21 @@ def test_password_post_survives_backend_restart(nft_stack: ProductStack) -> None
     stack.put_server("i-pw", hostname="pw", ifname=guest.tap)
     _wait_served(guest, "i-pw")
     secret = "encrypted-password-blob-" + "x" * 64
-    assert _guest(guest, "POST", "/openstack/latest/password", "y" * 1021) == 413
+    assert guest_request(guest, "POST", "/openstack/latest/password", "y" * 1021) == 413
     stack.stop_backend()  # a POST during an outage fails, it is never kept locally
     try:
-        assert _guest(guest, "POST", "/openstack/latest/password", "lost") == 503
+        assert guest_request(guest, "POST", "/openstack/latest/password", "lost") == 503
     finally:
         stack.start_backend()
-    assert _guest(guest, "POST", "/openstack/latest/password", secret) == 200
+    assert guest_request(guest, "POST", "/openstack/latest/password", secret) == 200
     assert get(guest, "/openstack/latest/password")[:2] == (200, secret)
     stack.restart_backend()
     assert stack.api("GET", "/v1/servers/i-pw/password")[1]["password"] == secret
-    assert _guest(guest, "POST", "/openstack/2013-04-04/password", "another") == 409
+    assert guest_request(guest, "POST", "/openstack/2013-04-04/password", "another") == 409
     assert get(guest, "/openstack/latest/password")[:2] == (200, secret)
     # The owner clears it; the guest may then set a new one.
     assert stack.api("DELETE", "/v1/servers/i-pw/password")[0] == 204
-    assert _guest(guest, "POST", "/openstack/latest/password", "second") == 200
+    assert guest_request(guest, "POST", "/openstack/latest/password", "second") == 200
     assert stack.api("GET", "/v1/servers/i-pw/password")[1]["password"] == "second"
 
 

@@ -31,8 +31,8 @@ import pytest
 import yaml
 
 from interceptor.formats.xml_metadata import decode_keys, decode_xml
-from tests.e2e.stack import BACKEND_PORT, ProductStack, get, metric, product
-from tests.lab import PYTHON, REPO, Guest, Topology, readline, stderr_tail
+from tests.e2e.stack import BACKEND_PORT, ProductStack, get, guest_request, metric, product
+from tests.lab import PYTHON, REPO, Guest, Topology, readline, stderr_tail, stop
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
@@ -53,14 +53,6 @@ def _wait_served(guest: Guest, iid: str, timeout: float = 10.0) -> None:
     while get(guest, "/latest/meta-data/instance-id", max_time=1.0)[:2] != (200, iid):
         assert time.monotonic() < deadline, f"{iid} not served within {timeout}s"
         time.sleep(0.02)
-
-
-def _guest(guest: Guest, method: str, path: str, body: str | None = None) -> int:
-    args = ["-X", method]
-    if body is not None:
-        args += ["--data-binary", body, "-H", "Content-Type: text/plain"]
-    r = guest.curl(f"http://169.254.169.254{path}", *args)
-    return int(r.stdout.rpartition("\n")[2].split()[0] or 0)
 
 
 def _b64(data: bytes) -> str:
@@ -92,7 +84,7 @@ def test_guest_writes_keys_and_reads_back_while_the_owner_long_polls(
         time.sleep(0.5)
         assert waiter.poll() is None, "the owner's long-poll returned before any change"
         written = time.monotonic()
-        assert _guest(allowed, "PUT", "/interceptor/v1/guest-data/answer", "yes") == 204
+        assert guest_request(allowed, "PUT", "/interceptor/v1/guest-data/answer", "yes") == 204
         out, err = waiter.communicate(timeout=20)
         told_after = time.monotonic() - written
     finally:
@@ -105,8 +97,8 @@ def test_guest_writes_keys_and_reads_back_while_the_owner_long_polls(
     assert told_after < 1.0, told_after
 
     # Keys of the server's own classes: written, read back on every surface.
-    assert _guest(allowed, "PUT", "/interceptor/v1/meta/restricted/result", "ok-42") == 204
-    assert _guest(allowed, "PUT", "/interceptor/v1/meta/public/stage", "done") == 204
+    assert guest_request(allowed, "PUT", "/interceptor/v1/meta/restricted/result", "ok-42") == 204
+    assert guest_request(allowed, "PUT", "/interceptor/v1/meta/public/stage", "done") == 204
     assert get(allowed, "/interceptor/v1/meta/restricted/result")[:2] == (200, "ok-42")
     assert get(allowed, "/interceptor/v1/meta/public/")[1].splitlines() == ["stage"]
     meta = json.loads(get(allowed, "/openstack/latest/meta_data.json")[1])["meta"]
@@ -115,14 +107,14 @@ def test_guest_writes_keys_and_reads_back_while_the_owner_long_polls(
     assert xml["server"]["restricted"] == {"result": "ok-42"}
     assert stack.api("GET", "/v1/servers/i-rw-yes/metadata/restricted")[1] == \
         {"result": "ok-42"}
-    assert _guest(allowed, "PUT", "/interceptor/v1/meta/private/x", "no") == 405
+    assert guest_request(allowed, "PUT", "/interceptor/v1/meta/private/x", "no") == 405
     # Not allowed: nothing is written.
-    assert _guest(denied, "PUT", "/interceptor/v1/meta/public/stage", "done") == 403
+    assert guest_request(denied, "PUT", "/interceptor/v1/meta/public/stage", "done") == 403
     assert stack.api("GET", "/v1/servers/i-rw-no/metadata/public")[1] == {}
     # Durable before 2xx: with the backend down the write fails, never "succeeds".
     stack.stop_backend()
     try:
-        assert _guest(allowed, "PUT", "/interceptor/v1/meta/public/stage", "lost") == 503
+        assert guest_request(allowed, "PUT", "/interceptor/v1/meta/public/stage", "lost") == 503
     finally:
         stack.start_backend()
     assert stack.api("GET", "/v1/servers/i-rw-yes/metadata/public")[1] == {"stage": "done"}
@@ -157,7 +149,7 @@ def test_consumed_key_is_gone_from_every_surface(nft_stack: ProductStack) -> Non
     md = "/openstack/latest/meta_data.json"
     assert json.loads(get(guest, md)[1])["meta"]["join_token"] == "srv-tok-1"
 
-    assert _guest(guest, "DELETE", "/interceptor/v1/meta/public/join_token") == 204
+    assert guest_request(guest, "DELETE", "/interceptor/v1/meta/public/join_token") == 204
     assert "join_token" not in json.loads(get(guest, md)[1])["meta"]
     xml = get(guest, "/metadata")[1]
     assert "tok-1" not in xml and all("join_token" not in v["public"]
@@ -166,7 +158,7 @@ def test_consumed_key_is_gone_from_every_surface(nft_stack: ProductStack) -> Non
     assert "join_token" not in get(guest, "/interceptor/v1/meta/public/")[1]
     for prefix in ("/latest/meta-data/", "/nocloud/meta-data", "/openstack/latest/"):
         assert "tok-1" not in get(guest, prefix)[1]
-    assert _guest(guest, "DELETE", "/interceptor/v1/meta/public/join_token") == 404
+    assert guest_request(guest, "DELETE", "/interceptor/v1/meta/public/join_token") == 404
     # The customer's key is still the customer's (other servers see it); only
     # this instance no longer does, even after a backend restart.
     assert stack.api("GET", "/v1/customers/cust-shadow/metadata/public")[1] == \
@@ -188,7 +180,7 @@ def test_guest_switches_itself_off_until_the_owner_switches_it_on(
         _wait_served(guest, "i-self-off")
         _wait_served(other, "i-self-other")
         started = time.monotonic()
-        assert _guest(guest, "POST", "/interceptor/v1/disable") == 204
+        assert guest_request(guest, "POST", "/interceptor/v1/disable") == 204
         while get(guest, "/latest/meta-data/instance-id", max_time=1.0)[0] == 200:
             assert time.monotonic() - started < 5, "still served 5 s after the guest's disable"
             time.sleep(0.01)
@@ -202,7 +194,7 @@ def test_guest_switches_itself_off_until_the_owner_switches_it_on(
             status, body, _ = get(guest, path, max_time=2.0)
             assert (status, body) == (0, ""), (path, status, body)
         # The guest cannot take it back (it cannot even reach the service).
-        assert _guest(guest, "POST", "/interceptor/v1/disable") == 0
+        assert guest_request(guest, "POST", "/interceptor/v1/disable") == 0
         assert metric(stack.node_metrics(), counter, tap=guest.tap) >= before + 4
         assert get(other, "/latest/meta-data/instance-id")[:2] == (200, "i-self-other")
         status, server = stack.api("GET", "/v1/servers/i-self-off")
@@ -293,16 +285,7 @@ def keystone_stub(netns: str) -> Iterator[None]:
         assert line.strip() == "ready", f"keystone stub: {line!r} {stderr_tail(proc)}"
         yield
     finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
+        stop(proc)  # closes stdin (the stub exits), then waits, kills
 
 
 def _stub(stack: ProductStack, method: str, path: str) -> dict[str, object]:
