@@ -25,7 +25,7 @@ from pathlib import Path
 from bench.suites_base import Options, Row, verdict
 from tests.backend.support import Api, PgServer, start_backend, stop_backend
 from tests.e2e.poller import GuestPoller
-from tests.e2e.stack import BACKEND_PORT, ProductStack, get, metric, product
+from tests.e2e.stack import BACKEND_PORT, ProductStack, metric, product, seconds_until_served
 from tests.e2e.test_storm import CRAWL_PATHS, _client, _create_many, _finish
 from tests.lab import Guest, Topology, readline
 
@@ -34,13 +34,7 @@ CLIENT_TIMEOUT_S = 20.0  # the polling guest's per-request timeout
 
 
 def _served_after(stack: ProductStack, guest: Guest, iid: str, timeout: float = 60.0) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        status, body, _ = get(guest, "/latest/meta-data/instance-id", max_time=1.0)
-        if (status, body) == (200, iid):
-            return time.monotonic() - started
-        time.sleep(0.02)
-    raise RuntimeError(f"{iid} not served within {timeout}s")
+    return seconds_until_served(stack, guest, iid, timeout)
 
 
 def _restarts(datapath: str, count: int) -> Row:

@@ -343,3 +343,15 @@ def guest_request(guest: Guest, method: str, path: str, body: str | None = None)
         args += ["--data-binary", body, "-H", "Content-Type: text/plain"]
     r = guest.curl(f"http://169.254.169.254{path}", *args)
     return int(r.stdout.rpartition("\n")[2].split()[0] or 0)
+
+
+def seconds_until_served(stack: ProductStack, guest: Guest, iid: str,
+                         timeout: float = 30.0) -> float:
+    """Seconds until ``guest`` reads ``iid`` as its instance id (polled every 20 ms)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        status, body, _ = get(guest, "/latest/meta-data/instance-id", max_time=1.0)
+        if (status, body) == (200, iid):
+            return time.monotonic() - started
+        time.sleep(0.02)
+    raise AssertionError(f"{iid} not served within {timeout}s\n{stack.logs()[-4000:]}")

@@ -18,7 +18,7 @@ import time
 import pytest
 
 from tests.e2e.poller import GuestPoller
-from tests.e2e.stack import ProductStack, get, product
+from tests.e2e.stack import ProductStack, product, seconds_until_served
 from tests.lab import Topology
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
@@ -29,13 +29,7 @@ RESTARTS = 4
 def _served(stack: ProductStack, guest_tap: str, iid: str, timeout: float = 30.0) -> float:
     """Seconds until the guest on ``guest_tap`` reads its instance id."""
     guest = next(g for g in stack.topo.guests if g.tap == guest_tap)
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        status, body, _ = get(guest, "/latest/meta-data/instance-id", max_time=1.0)
-        if (status, body) == (200, iid):
-            return time.monotonic() - started
-        time.sleep(0.02)
-    raise AssertionError(f"{iid} not served within {timeout}s\n{stack.logs()[-4000:]}")
+    return seconds_until_served(stack, guest, iid, timeout)
 
 
 @pytest.mark.slow
