@@ -151,7 +151,8 @@ class EbpfDatapath:
 
     def __init__(self, cfg: EbpfConfig | None = None) -> None:
         self.cfg = cfg or EbpfConfig()
-        self.routing = PolicyRouting(self.cfg.route_table, self.cfg.rule_pref)
+        self.routing = PolicyRouting(self.cfg.route_table, self.cfg.rule_pref,
+                                     ipv6=bool(self.cfg.metadata_address6))
         self.guard = UnsyncedGuard(self.cfg, self.cfg.guard_table, Nft(who="ebpf"))
         self.policy = SteeringPolicy("ebpf")
         self.filters = TcFilters(self.cfg.filter_name, self.cfg.tc_prio)
