@@ -184,16 +184,15 @@ class DatapathNode:
         cfg = getattr(self.dp, "cfg", None)
         socks = {ifname: open_tap_listener(ifname) if cfg is None else
                  open_tap_listener(ifname, cfg.metadata_address, cfg.metadata_port)}
-        if cfg is not None and cfg.listener_address6:
-            socks[f"{ifname}/6"] = open_tap_listener6(ifname, cfg.listener_address6,
-                                                      cfg.metadata_port)
+        for i, address in enumerate(cfg.metadata_address6 if cfg is not None else ()):
+            socks[f"{ifname}/6{i}"] = open_tap_listener6(ifname, address, cfg.metadata_port)
         for key, sock in socks.items():
             async def start(sock: socket.socket = sock) -> asyncio.Server:
                 return await self.loop.create_server(_Answer, sock=sock)
             self.servers[key] = self._run(start())
 
     def unlisten(self, ifname: str) -> None:
-        for key in (ifname, f"{ifname}/6"):
+        for key in (ifname, f"{ifname}/60", f"{ifname}/61"):
             server = self.servers.pop(key, None)
             if server is not None:
                 server.close()
@@ -292,7 +291,7 @@ class DatapathNode:
         if self.watcher is not None:
             self.unwatch()
         for name in list(self.servers):
-            self.unlisten(name)
+            self.unlisten(name.split("/")[0])
         for transport in self.datagrams:
             self.loop.call_soon_threadsafe(transport.close)
         self.loop.call_soon_threadsafe(self.loop.stop)

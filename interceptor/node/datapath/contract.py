@@ -24,10 +24,8 @@ both, so that ``nft.py`` and ``ebpf.py`` hold only what is kernel specific:
 Address families: ``metadata_address`` is IPv4, ``metadata_address6`` the
 IPv6 addresses (default :data:`base.METADATA_ADDRESSES6`, empty = no IPv6).
 Both families are checked in one place (:meth:`DatapathConfig.__post_init__`)
-and mean the same per tap: steered to the tap's listener (one per family:
-the IPv6 listener is bound to :attr:`DatapathConfig.listener_address6` and
-takes every IPv6 metadata address, since TPROXY and ``bpf_sk_assign`` only
-pick the socket), refused with a RST, neighbour answers (ARP; NDP neighbour
+and mean the same per tap: steered to the tap's listener of that address
+(one per metadata address and tap, ``listeners.py``), refused with a RST, neighbour answers (ARP; NDP neighbour
 advertisements with :data:`ARP_REPLY_MAC`) only on steered taps (or on any
 managed tap with ``arp_when_refused``), the same limits (one SYN meter and
 one connection count per tap across both families).
@@ -176,11 +174,6 @@ class DatapathConfig:
     @property
     def metadata_address_int(self) -> int:
         return int(ipaddress.IPv4Address(self.metadata_address))
-
-    @property
-    def listener_address6(self) -> str | None:
-        """What the per-tap IPv6 listener binds (None: no IPv6)."""
-        return self.metadata_address6[0] if self.metadata_address6 else None
 
     @property
     def link_local6(self) -> tuple[str, ...]:

@@ -90,10 +90,11 @@ IPV6_TRANSPARENT = getattr(socket, "IPV6_TRANSPARENT", 75)
 def open_tap_listener6(ifname: str, address: str, port: int = METADATA_PORT, *,
                        backlog: int = DEFAULT_BACKLOG) -> socket.socket:
     """The IPv6 twin of :func:`open_tap_listener`: ``[address]:port`` bound
-    to ``ifname`` with ``IPV6_TRANSPARENT`` (IPv6 only). One per tap takes
-    every IPv6 metadata address: TPROXY and ``bpf_sk_assign`` only choose the
-    socket, the connection keeps the address the guest asked. A link-local
-    ``address`` is scoped to the tap. Same errors as the IPv4 one."""
+    to ``ifname`` with ``IPV6_TRANSPARENT`` (IPv6 only), one per tap and
+    metadata address, so that the kernel's own listener lookup (a SYN that
+    meets a TIME-WAIT socket, ``bpf_skc_lookup_tcp``) finds it by the address
+    the guest asked. A link-local ``address`` is scoped to the tap. Same
+    errors as the IPv4 one."""
     name = ifname.encode()
     if not name or len(name) >= IFNAMSIZ or b"/" in name or b"\0" in name:
         raise TapListenerError(f"listener: invalid interface name {ifname!r}")

@@ -79,9 +79,11 @@ def _per_family(cfg: NftConfig, rule: str) -> str:
     out = rule.format(daddr=f"ip daddr {cfg.metadata_address}",
                       saddr=f"ip saddr {cfg.metadata_address}", tproxy=f"ip to {cfg.metadata_address}")
     md6 = _v6(cfg)
-    if md6:
-        out += rule.format(daddr=f"ip6 daddr {md6}", saddr=f"ip6 saddr {md6}",
-                           tproxy=f"ip6 to [{cfg.listener_address6}]")
+    if md6 and "{tproxy}" in rule:  # one listener per address: one rule each
+        for a in cfg.metadata_address6:
+            out += rule.format(daddr=f"ip6 daddr {a}", tproxy=f"ip6 to [{a}]")
+    elif md6:
+        out += rule.format(daddr=f"ip6 daddr {md6}", saddr=f"ip6 saddr {md6}")
     return out
 
 
