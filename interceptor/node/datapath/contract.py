@@ -184,7 +184,7 @@ class DatapathConfig:
 
 def check_address6(addresses: Iterable[str]) -> tuple[str, ...]:
     """The IPv6 metadata addresses in compressed form, or a ConfigError:
-    unicast (global/ULA or link-local), no duplicates."""
+    unicast (global/ULA or link-local), no duplicates, at most two."""
     out: list[str] = []
     for a in addresses:
         try:
@@ -196,6 +196,8 @@ def check_address6(addresses: Iterable[str]) -> tuple[str, ...]:
         if addr.compressed in out:
             raise ConfigError(f"config: IPv6 metadata address {a} given twice")
         out.append(addr.compressed)
+    if len(out) > 2:  # the eBPF program compares against two
+        raise ConfigError("config: metadata_address6 takes at most two addresses")
     return tuple(out)
 
 
