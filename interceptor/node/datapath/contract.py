@@ -163,7 +163,8 @@ class DatapathConfig:
         if not MAC_RE.match(self.arp_reply_mac) or int(self.arp_reply_mac[:2], 16) & 1:
             raise ConfigError(f"config: invalid ARP reply MAC {self.arp_reply_mac!r} "
                               "(lower-case unicast, like 02:a9:fe:a9:fe:00)")
-        if not 0 < self.route_table < 0xFFFFFFFF or self.route_table in (253, 254, 255):
+        # route_table + 1 holds the IPv6 reply routes (routing.py).
+        if not 0 < self.route_table < 0xFFFFFFFE or self.route_table in (252, 253, 254, 255):
             raise ConfigError(f"config: route_table {self.route_table} is reserved or out of range")
         if not 0 < self.rule_pref < 32764:
             raise ConfigError(f"config: rule_priority {self.rule_pref} must be in 1..32763")
@@ -180,6 +181,11 @@ class DatapathConfig:
         """The link-local IPv6 metadata addresses (routed per tap, routing.py)."""
         return tuple(a for a in self.metadata_address6
                      if ipaddress.IPv6Address(a).is_link_local)
+
+    @property
+    def global6(self) -> tuple[str, ...]:
+        """The other IPv6 metadata addresses (their replies are routed per tap)."""
+        return tuple(a for a in self.metadata_address6 if a not in self.link_local6)
 
 
 def check_address6(addresses: Iterable[str]) -> tuple[str, ...]:

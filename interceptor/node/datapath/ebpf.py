@@ -162,7 +162,8 @@ class EbpfDatapath:
     def __init__(self, cfg: EbpfConfig | None = None) -> None:
         self.cfg = cfg or EbpfConfig()
         self.routing = PolicyRouting(self.cfg.route_table, self.cfg.rule_pref,
-                                     ipv6=bool(self.cfg.metadata_address6))
+                                     ipv6=bool(self.cfg.metadata_address6),
+                                     sources6=self.cfg.global6)
         self.guard = UnsyncedGuard(self.cfg, self.cfg.guard_table, Nft(who="ebpf"))
         self.policy = SteeringPolicy("ebpf")
         self.filters = TcFilters(self.cfg.filter_name, self.cfg.tc_prio)
@@ -219,7 +220,7 @@ class EbpfDatapath:
                 self.filters.attached = self.filters.scan(ipr)
                 self._reconciled = True
             self._set_entries(taps, plan.steered, plan.ports)
-            if self.cfg.link_local6:
+            if self.cfg.metadata_address6:
                 self.routing.sync_scoped(self.cfg.link_local6, set(plan.steered))
             for ifindex in sorted(self.filters.attached - want):
                 self.filters.detach(ipr, ifindex)

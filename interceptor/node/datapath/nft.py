@@ -132,7 +132,8 @@ class NftDatapath:
     def __init__(self, cfg: NftConfig | None = None) -> None:
         self.cfg = cfg or NftConfig()
         self.routing = PolicyRouting(self.cfg.route_table, self.cfg.rule_pref,
-                                     ipv6=bool(self.cfg.metadata_address6))
+                                     ipv6=bool(self.cfg.metadata_address6),
+                                     sources6=self.cfg.global6)
         self.nft = Nft(self.cfg.nft_binary)
         self.policy = SteeringPolicy("nft")
         self._applied: _Applied | None = None  # None: kernel state not adopted yet
@@ -192,7 +193,7 @@ class NftDatapath:
         except DatapathError:
             self._applied = None  # unknown kernel state: next sync rewrites everything
             raise
-        if self.cfg.link_local6:
+        if self.cfg.metadata_address6:
             self.routing.sync_scoped(self.cfg.link_local6, {
                 t.ifindex for n, t in taps.items() if t.steer and n not in blocked})
         self._applied = _Applied(taps=dict(taps), shards=shards, blocked=blocked)

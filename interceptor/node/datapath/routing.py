@@ -31,7 +31,13 @@ IPv6 (when the datapath serves IPv6 metadata addresses) gets the same three
 destination (fe80::a9fe:a9fe) is looked up strictly by the input device, so
 ``dev lo`` never matches it: each steered tap gets ``local <address> dev
 <tap>`` in the table too (:meth:`PolicyRouting.sync_scoped`), reached only by
-marked packets; it goes with the tap.
+marked packets; it goes with the tap. Replies to a guest's global address
+need a route through the tap the listener is bound to (IPv6, unlike IPv4,
+has no "assume on link" for a socket bound to a device, and a bridged
+guest's prefix is routed via the bridge): ``pref P+2 from <address> iif lo
+lookup T+1`` (locally generated only, so no guest can use it to reach other
+taps) and, per steered tap, ``::/0 dev <tap> metric <ifindex> table T+1``,
+which only a lookup bound to that tap matches.
 
 ``net.ipv4.tcp_fwmark_accept`` is left as the operator set it: the rules are
 correct either way, and identity comes from the listener's device, not from
@@ -59,7 +65,9 @@ from interceptor.node.datapath.base import DEFAULT_PREF, DEFAULT_TABLE, MARK_MAS
 FR_ACT_TO_TBL = 1
 FR_ACT_GOTO = 2
 FR_ACT_NOP = 3
+RTN_UNICAST = 1
 RTN_LOCAL = 2
+RT_SCOPE_LINK = 253
 RT_SCOPE_HOST = 254
 RTPROT_STATIC = 4
 
@@ -77,6 +85,7 @@ class PolicyRouting:
     mark: int = MARK_TAG
     mask: int = MARK_MASK
     ipv6: bool = False  # also for IPv6 (the datapath serves IPv6 addresses)
+    sources6: tuple[str, ...] = ()  # IPv6 metadata addresses that get reply routes
 
     @property
     def families(self) -> tuple[int, ...]:
@@ -89,6 +98,9 @@ class PolicyRouting:
              "action": FR_ACT_GOTO, "goto": self.pref + 2},
             {**base, "priority": self.pref + 1, "table": self.table, "action": FR_ACT_TO_TBL},
             {"family": family, "priority": self.pref + 2, "action": FR_ACT_NOP},
+            *({"family": 10, "priority": self.pref + 2, "src": a, "src_len": 128,
+               "iifname": "lo", "table": self.table + 1, "action": FR_ACT_TO_TBL}
+              for a in (self.sources6 if family == 10 else ())),
         ]
 
     def _route(self, lo: int, family: int) -> dict[str, Any]:
@@ -126,39 +138,46 @@ class PolicyRouting:
                             if _same_rule(rule, have):
                                 _ignore_missing(ipr.rule, "del", **rule)
                     _ignore_missing(ipr.route, "del", **self._route(lo, family))
-                for r in ipr.route("dump", table=self.table, family=10):
-                    if r.get("type") == RTN_LOCAL and r.get("oif") not in (None, lo):
-                        _ignore_missing(ipr.route, "del", **self._scoped(
-                            str(r.get("dst")), int(r.get("oif"))))
+            self.sync_scoped((), set())
         except NetlinkError as exc:
             raise DatapathError(f"routing: cannot remove policy routing: {exc}") from None
 
     def sync_scoped(self, addresses: Iterable[str], ifindexes: Set[int]) -> None:
-        """Make the per-tap ``local <address> dev <tap>`` routes (link-local
-        ``addresses``) in the table exactly those of ``ifindexes``."""
-        want = {(a, i) for a in addresses for i in ifindexes}
+        """Make the per-tap routes exactly those of ``ifindexes``: ``local
+        <address> dev <tap>`` for the link-local ``addresses`` (table T), and
+        the reply route ``::/0 dev <tap>`` (table T+1) when there are
+        ``sources6``."""
+        want = {(self.table, f"{a}/128", i) for a in addresses for i in ifindexes}
+        if self.sources6:
+            want |= {(self.table + 1, "::/0", i) for i in ifindexes}
         try:
             with IPRoute() as ipr:
-                have: set[tuple[str, int]] = set()
                 lo = _lo_index(ipr)
-                for r in ipr.route("dump", table=self.table, family=10):
-                    oif, dst = r.get("oif"), r.get("dst")
-                    if r.get("type") == RTN_LOCAL and oif not in (None, lo) and dst:
-                        have.add((str(dst), int(oif)))
-                for address, ifindex in sorted(have - want):
-                    _ignore_missing(ipr.route, "del", **self._scoped(address, ifindex))
-                for address, ifindex in sorted(want - have):
+                have: set[tuple[int, str, int]] = set()
+                for table in (self.table, self.table + 1):
+                    for r in ipr.route("dump", table=table, family=10):
+                        oif = r.get("oif")
+                        if oif in (None, lo) or r.get("proto") != RTPROT_STATIC:
+                            continue
+                        have.add((table, f"{r.get('dst') or '::'}/{r['dst_len']}", int(oif)))
+                for key in sorted(have - want):
+                    _ignore_missing(ipr.route, "del", **self._scoped(*key))
+                for key in sorted(want - have):
                     try:
-                        ipr.route("replace", **self._scoped(address, ifindex))
+                        ipr.route("replace", **self._scoped(*key))
                     except NetlinkError as exc:
                         if exc.code != errno.ENODEV:  # gone meanwhile: nothing to route
                             raise
         except NetlinkError as exc:
-            raise DatapathError(f"routing: cannot route link-local metadata: {exc}") from None
+            raise DatapathError(f"routing: cannot route IPv6 metadata per tap: {exc}") from None
 
-    def _scoped(self, address: str, ifindex: int) -> dict[str, Any]:
-        return {"dst": f"{address}/128", "type": RTN_LOCAL, "scope": RT_SCOPE_HOST,
-                "oif": ifindex, "table": self.table, "family": 10, "proto": RTPROT_STATIC}
+    def _scoped(self, table: int, dst: str, ifindex: int) -> dict[str, Any]:
+        # One route per tap for the same destination: the metric (the
+        # ifindex) keeps them apart, or each "replace" would take the last's.
+        local = table == self.table
+        return {"dst": dst, "type": RTN_LOCAL if local else RTN_UNICAST,
+                "scope": RT_SCOPE_HOST if local else RT_SCOPE_LINK, "oif": ifindex,
+                "priority": ifindex, "table": table, "family": 10, "proto": RTPROT_STATIC}
 
     def present(self) -> bool:
         """True when every rule and the local route are in place."""
@@ -192,13 +211,14 @@ def _dump_rules(ipr: Any, family: int) -> list[dict[str, Any]]:
             "fwmask": msg.get("fwmask"),
             "iifname": msg.get("iifname"),
             "goto": msg.get("goto"),
+            "src": msg.get("src"),
             "table": msg.get("table") if msg["action"] == FR_ACT_TO_TBL else None,
         })
     return out
 
 
 def _same_rule(want: dict[str, Any], have: dict[str, Any]) -> bool:
-    keys = ("priority", "action", "fwmark", "fwmask", "iifname", "goto", "table")
+    keys = ("priority", "action", "fwmark", "fwmask", "iifname", "goto", "src", "table")
     return all(want.get(k) == have.get(k) for k in keys)
 
 
