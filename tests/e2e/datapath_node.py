@@ -184,8 +184,9 @@ class DatapathNode:
         cfg = getattr(self.dp, "cfg", None)
         socks = {ifname: open_tap_listener(ifname) if cfg is None else
                  open_tap_listener(ifname, cfg.metadata_address, cfg.metadata_port)}
-        for i, address in enumerate(cfg.metadata_address6 if cfg is not None else ()):
-            socks[f"{ifname}/6{i}"] = open_tap_listener6(ifname, address, cfg.metadata_port)
+        if cfg is not None:
+            for i, address in enumerate(cfg.metadata_address6):
+                socks[f"{ifname}/6{i}"] = open_tap_listener6(ifname, address, cfg.metadata_port)
         for key, sock in socks.items():
             async def start(sock: socket.socket = sock) -> asyncio.Server:
                 return await self.loop.create_server(_Answer, sock=sock)

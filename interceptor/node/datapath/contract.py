@@ -25,10 +25,11 @@ Address families: ``metadata_address`` is IPv4, ``metadata_address6`` the
 IPv6 addresses (default :data:`base.METADATA_ADDRESSES6`, empty = no IPv6).
 Both families are checked in one place (:meth:`DatapathConfig.__post_init__`)
 and mean the same per tap: steered to the tap's listener of that address
-(one per metadata address and tap, ``listeners.py``), refused with a RST, neighbour answers (ARP; NDP neighbour
-advertisements with :data:`ARP_REPLY_MAC`) only on steered taps (or on any
-managed tap with ``arp_when_refused``), the same limits (one SYN meter and
-one connection count per tap across both families).
+(one per metadata address and tap, ``listeners.py``), refused with a RST,
+neighbour answers (ARP; NDP neighbour advertisements with
+:data:`ARP_REPLY_MAC`) only on steered taps (or on any managed tap with
+``arp_when_refused``), the same limits (one SYN meter and one connection
+count per tap across both families).
 """
 
 from __future__ import annotations

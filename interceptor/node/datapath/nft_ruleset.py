@@ -76,8 +76,8 @@ def _v6(cfg: NftConfig) -> str:
 def _per_family(cfg: NftConfig, rule: str) -> str:
     """``rule`` (with ``{daddr}``/``{saddr}`` for the address match) for IPv4
     and, when configured, for the IPv6 metadata addresses."""
-    out = rule.format(daddr=f"ip daddr {cfg.metadata_address}",
-                      saddr=f"ip saddr {cfg.metadata_address}", tproxy=f"ip to {cfg.metadata_address}")
+    md = cfg.metadata_address
+    out = rule.format(daddr=f"ip daddr {md}", saddr=f"ip saddr {md}", tproxy=f"ip to {md}")
     md6 = _v6(cfg)
     if md6 and "{tproxy}" in rule:  # one listener per address: one rule each
         for a in cfg.metadata_address6:
@@ -90,7 +90,7 @@ def _per_family(cfg: NftConfig, rule: str) -> str:
 def render_ruleset(cfg: NftConfig) -> str:
     """The tables, sets and constant chains; elements and the netdev ingress
     chain (which needs a device list) are added by ``sync``."""
-    t, md, port = cfg.table, cfg.metadata_address, cfg.metadata_port
+    t, port = cfg.table, cfg.metadata_port
     names = quoted(cfg.patterns)
     counter_decl = {
         fam: "".join(
@@ -180,6 +180,7 @@ def render_ingress_chain(cfg: NftConfig, shard: int, devices: Sequence[str]) -> 
     mac = cfg.arp_reply_mac
     devs = quoted(devices)
     arp_on = "" if cfg.arp_when_refused else "iif @steered "
+    ndp, ip6 = _ndp_rules(cfg, arp_on), _ip6_rules(cfg)
     return f"""\
 table netdev {t} {{
   chain {shard_name(shard)} {{
@@ -194,10 +195,10 @@ arp saddr ip set {md} arp operation set reply fwd to iif
     arp daddr ip {md} drop comment "no ARP answer on an unsteered tap"
     arp operation reply meta pkttype host iif @steered ether daddr set {BYPASS_MAC} \
 accept comment "to the tap, not its bridge: the host resolves guests on the tap"
-{_ndp_rules(cfg, arp_on)}    ip daddr {md} iif @steered meta pkttype set host ether daddr set {BYPASS_MAC} accept
+{ndp}    ip daddr {md} iif @steered meta pkttype set host ether daddr set {BYPASS_MAC} accept
     ip daddr {md} meta l4proto tcp update @cnt_refused {{ iif }} reject with tcp reset
     ip daddr {md} drop
-{_ip6_rules(cfg)}  }}
+{ip6}  }}
 }}
 """  # noqa: S608 (nft syntax, not SQL)
 
@@ -264,7 +265,7 @@ def _ndp_rules(cfg: NftConfig, arp_on: str) -> str:
         t = ipaddress.IPv6Address(target)
         for daddr in (_solicited_node(target), t):
             rules += (
-                f"    icmpv6 type nd-neighbor-solicit ip6 daddr {daddr} {taddr} 0x{int(t):032x} "
+                f"    icmpv6 type nd-neighbor-solicit ip6 daddr {daddr} {taddr} 0x{int(t):032x} "  # noqa: S608
                 f"ip6 saddr != :: @th,192,16 0x{_OPT_SLLAO:04x} {arp_on}"
                 f"update @cnt_arp_reply {{ iif }} "
                 f"ether daddr set ether saddr ether saddr set {mac} "
@@ -272,7 +273,8 @@ def _ndp_rules(cfg: NftConfig, arp_on: str) -> str:
                 f"ip6 daddr set ip6 saddr ip6 saddr set {taddr} "
                 f"icmpv6 type set nd-neighbor-advert @th,32,32 set 0x{_NA_FLAGS:04x}0000 "
                 f"@th,192,8 set 2 @th,208,48 set 0x{hexmac} fwd to iif\n")
-    targets = _set_of(f"0x{int(ipaddress.IPv6Address(a)):032x}" for a in cfg.metadata_address6)
+    targets = _set_of(f"0x{int(ipaddress.IPv6Address(a)):032x}"
+                      for a in cfg.metadata_address6)
     return rules + (
         f"    icmpv6 type nd-neighbor-solicit {taddr} {targets} drop "
         "comment \"no NDP answer on an unsteered tap\"\n"
