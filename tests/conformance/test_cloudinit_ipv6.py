@@ -34,7 +34,8 @@ def guest(request: pytest.FixtureRequest) -> Iterator[Guest]:
         with product(topo, datapath=request.param) as stack:
             g = v6_guest(topo, mode="ll")
             assert not g.run(["ip", "-4", "addr", "show", "dev", g.ifname]).stdout
-            stack.put_server("i-ci-v6", hostname="ci-v6", ifname=g.tap, ssh_keys=[{"name": "v6", "key": KEY}],
+            stack.put_server("i-ci-v6", hostname="ci-v6", ifname=g.tap,
+                             ssh_keys=[{"name": "v6", "key": KEY}],
                              user_data=[{"name": "user", "content_type": "text/cloud-config",
                                          "data": base64.b64encode(USER_DATA).decode()}])
             wait_no_tentative(topo, g)

@@ -111,7 +111,7 @@ def test_token_response_over_ipv6_leaves_with_hop_limit_1(
                             f"{TOKEN_HEADER}: {token}")
         assert (status, iid) == (200, "i-v6-tok")
         time.sleep(0.2)
-        out, err = proc.communicate("", timeout=10)
+        out, _ = proc.communicate("", timeout=10)
     finally:
         if proc.poll() is None:
             proc.kill()
