@@ -225,3 +225,21 @@ def test_guest_cannot_reach_other_host_services(topology: Topology, node: NetnsR
         assert node.call("host_accepts", f":::{port}") == want, port
     assert counter(node, glob.tap, "unsteered_dropped") >= 2
     assert node.call("input_drops", glob.tap) >= 3
+
+
+def test_unsynced_tap_fails_closed(topology: Topology, node: NetnsRpc) -> None:
+    """A tap matching the managed names that no sync has named yet: nothing
+    over IPv6 either, even with listeners open on it; once synced, served."""
+    known = v6_guest(topology, mode="ll")
+    stranger = v6_guest(topology, mode="global", address="2001:db8:3::2/64")
+    steer(node, known)
+    node.call("listen", stranger.tap)
+    wait_no_tentative(topology, known, stranger)
+    for address in (EC2, LL):
+        proc = stranger.curl(url(address, stranger), max_time=1)
+        assert proc.returncode != 0 and "200" not in proc.stdout, (address, proc.stdout)
+    assert fetch6(known, EC2)[0] == 200
+    node.call("unlisten", stranger.tap)
+    steer(node, known, stranger)
+    code, body, _ = fetch6(stranger, EC2)
+    assert code == 200 and body.split()[0] == stranger.tap
