@@ -47,6 +47,16 @@ Per packet, from a managed tap:
 * Conntrack zones per tap keep two guests with the same address and port
   apart in conntrack (and so in ``ct count``).
 
+IPv6 (``metadata_address6``) mirrors all of this per address: at the
+ingress a neighbour solicitation for a metadata address is rewritten into
+the advertisement and sent back out the tap (``nft_ruleset._ndp_rules``:
+nft 1.0.6 updates the ICMPv6 checksum for some of the writes only, so the
+rule carries a precomputed filler that makes the result right), IPv6 to it
+from a steered tap is readdressed as above, TCP from any other managed tap
+gets a RST; prerouting sends ``[address]:80`` to the tap's listener of that
+address (``tproxy ip6 to [address]:80``), with the same meters; the host
+input filter is family-independent already.
+
 Guests with a default gateway send to the gateway's MAC; answering ARP for
 the gateway is the routed network's job (an address on the tap, or
 ``proxy_arp``), as it is for all their other traffic. This datapath answers
