@@ -153,6 +153,12 @@ class DatapathNode:
             found.append(f"ip rules {rules}")
         if _cmd(["ip", "route", "show", "table", "4711"]).strip():
             found.append("routes in table 4711")
+        rules6 = _cmd(["ip", "-6", "rule"]).splitlines()
+        if len(rules6) != 2:  # local, main
+            found.append(f"ip -6 rules {rules6}")
+        for table in ("4711", "4712"):
+            if _cmd(["ip", "-6", "route", "show", "table", table]).strip():
+                found.append(f"IPv6 routes in table {table}")
         from interceptor.node.datapath.ebpf import EbpfDatapath
         if isinstance(self.dp, EbpfDatapath):
             if self.dp.cfg.pin_dir.exists():
