@@ -204,3 +204,12 @@ def _register_hostile() -> None:
 
 
 _register_hostile()
+
+
+def _operations(opts: Options) -> Coroutine[object, object, list[Row]]:
+    from bench.operations import operations  # imports the e2e/backend test harness
+
+    return operations(opts)
+
+
+BENCHMARKS["operations"] = _operations

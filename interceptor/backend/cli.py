@@ -31,6 +31,7 @@ from interceptor.backend.metrics import BackendMetrics
 from interceptor.backend.operator import create_operator_app
 from interceptor.backend.store import base, open_store
 from interceptor.common import config as configlib
+from interceptor.common import sdnotify
 from interceptor.common.errors import ConfigError, InterceptorError
 
 log = logging.getLogger("interceptor.backend")
@@ -79,8 +80,15 @@ async def _serve(cfg: BackendConfig) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        sdnotify.notify(f"READY=1\nSTATUS=serving on {cfg.listen_host}:{cfg.listen_port}")
+        watchdog = sdnotify.Watchdog.from_environment()
+        pinger = (asyncio.create_task(watchdog.run(), name="watchdog")
+                  if watchdog is not None else None)
         await stop.wait()
         log.info("shutting down")
+        sdnotify.notify("STOPPING=1")
+        if pinger is not None:
+            pinger.cancel()
     finally:
         if op_runner is not None:
             await op_runner.cleanup()
@@ -137,7 +145,7 @@ def main(argv: list[str]) -> int:
         cfg = configlib.load(BackendConfig, section="backend", path=args.config,
                              flags=vars(args))
         from interceptor.common.logsetup import setup_logging
-        setup_logging(cfg.log_format, cfg.log_level)
+        setup_logging(cfg.log_format, cfg.log_level, "interceptor-backend")
         if args.command == "serve":
             asyncio.run(_serve(cfg))
             return 0

@@ -17,6 +17,7 @@ from interceptor.backend.limits import (
     Limits,
 )
 from interceptor.common.errors import ConfigError
+from interceptor.common.logsetup import LOG_FORMATS
 
 DEFAULT_DATABASE = "sqlite:///var/lib/interceptor/backend.sqlite"
 _NODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -92,7 +93,8 @@ class BackendConfig:
         "help": "guest writes an instance may make at once"})
     shutdown_timeout: float = field(default=10.0, metadata={
         "help": "seconds in-flight requests get after SIGTERM"})
-    log_format: str = field(default="text", metadata={"help": "text or json"})
+    log_format: str = field(default="auto", metadata={
+        "help": "text, json, journal, or auto (journal under systemd)"})
     log_level: str = field(default="info", metadata={"help": "debug, info, warning, error"})
 
     def __post_init__(self) -> None:
@@ -103,8 +105,8 @@ class BackendConfig:
             port = getattr(self, name)
             if not 0 <= port <= 65535:
                 raise ConfigError(f"config: {name} must be 0-65535")
-        if self.log_format not in ("text", "json"):
-            raise ConfigError("config: log_format must be text or json")
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(f"config: log_format must be one of {', '.join(LOG_FORMATS)}")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError("config: log_level must be debug, info, warning or error")
         if self.node_tokens and not self.signing_key:

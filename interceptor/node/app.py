@@ -15,14 +15,16 @@ from functools import partial
 
 from aiohttp import web
 
+from interceptor.common import sdnotify
 from interceptor.common.errors import DatapathError
 from interceptor.formats.router import render_path
 from interceptor.node.backend_client import BackendClient, BackendError
 from interceptor.node.cache import DocumentCache
 from interceptor.node.config import NodeConfig
-from interceptor.node.datapath.base import Datapath
+from interceptor.node.datapath.base import HANDOVER_GRACE_S, HEARTBEAT_INTERVAL_S, Datapath
 from interceptor.node.datapath.contract import options_from
 from interceptor.node.datapath.links import Links, LinkWatcher
+from interceptor.node.datapath.listeners import ListenerStore
 from interceptor.node.desired_state import Link
 from interceptor.node.guest_api import GuestApi, GuestApiSettings
 from interceptor.node.http_server import GuestHttpServer
@@ -75,16 +77,28 @@ class NodeDaemon:
 
     async def run(self, stop: asyncio.Event) -> None:
         cfg = self.config
+        # Listeners the previous process left with the service manager (fd
+        # store); taken first, so nothing else is opened onto fds 3, 4, ….
+        listeners = ListenerStore.from_environment()
         async with contextlib.AsyncExitStack() as stack:
             datapath = make_datapath(cfg)
             await asyncio.to_thread(datapath.install)
             if not cfg.keep_datapath_on_exit:
                 stack.push_async_callback(asyncio.to_thread, datapath.remove)
+            if cfg.keep_datapath_on_exit:
+                # Unwound last: listeners left with the service manager are
+                # steered to while the next process starts (a killed daemon
+                # gets no such grace: its guests get RSTs).
+                stack.push_async_callback(_handover_grace, datapath, listeners)
+            # Unwound late: the heartbeat lasts until the listeners are closed.
+            heartbeat = asyncio.create_task(_heartbeat(datapath), name="datapath-heartbeat")
+            stack.push_async_callback(_cancel, [heartbeat])
             self.metrics.register_collector(partial(datapath_metrics, datapath))
 
             client = BackendClient(cfg.backend_url, cfg.node_name, cfg.node_token,
                                    cfg.signing_key, metrics=self.metrics,
-                                   ca_file=cfg.backend_ca_file or None)
+                                   ca_file=cfg.backend_ca_file or None,
+                                   failback_after=cfg.backend_failback)
             stack.push_async_callback(client.close)
             cache = DocumentCache(client, ttl=cfg.cache_ttl, stale_if_error=cfg.stale_if_error,
                                   metrics=self.metrics)
@@ -106,7 +120,9 @@ class NodeDaemon:
                               address=cfg.metadata_address, port=cfg.metadata_port,
                               addresses6=tuple(cfg.metadata_address6),
                               on_instances_changed=forgetter.served,
-                              latch_store=latches, metrics=self.metrics)
+                              latch_store=latches, metrics=self.metrics,
+                              open_listener=listeners.open,
+                              on_listener_released=listeners.released)
             stack.push_async_callback(taps.close)
             # Unwound first: stop accepting and let in-flight requests finish
             # (bounded), only then close the listeners and remove the datapath.
@@ -129,22 +145,31 @@ class NodeDaemon:
 
             link_watcher = LinkWatcher(on_links, patterns=cfg.tap_patterns,
                                        resync_interval=cfg.reconcile_interval)
-            await link_watcher.start()
-            stack.push_async_callback(link_watcher.stop)
-
+            # Bindings first, then links: the first apply has both, so taps a
+            # previous process steered stay steered across a restart.
             if await bindings.load():
                 # The backend answered: ready without waiting for the first
                 # long-poll of the change feed to come back.
                 watcher.healthy = True
             watcher.since = bindings.revision
+            await link_watcher.start()
+            stack.push_async_callback(link_watcher.stop)
+            listeners.release_unclaimed()
             tasks = [
                 asyncio.create_task(watcher.run(), name="feed-watcher"),
                 asyncio.create_task(_guard_datapath(taps, cfg.datapath_check_interval),
                                     name="datapath-guard"),
             ]
             stack.push_async_callback(_cancel, tasks)
+            watchdog = sdnotify.Watchdog.from_environment()
+            if watchdog is not None:
+                tasks.append(asyncio.create_task(watchdog.run(), name="watchdog"))
             self.ready.set()
-            log.info("node %s: datapath %s installed, serving", cfg.node_name, datapath.name)
+            log.info("node %s: datapath %s installed, serving (%d tap listeners inherited)",
+                     cfg.node_name, datapath.name, len(listeners.adopted))
+            sdnotify.notify(f"READY=1\nSTATUS=serving {len(taps.served_instances())} VMs "
+                            f"on the {datapath.name} datapath")
+            stack.callback(sdnotify.notify, "STOPPING=1")
             stopper = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
             stopper.cancel()
@@ -208,6 +233,23 @@ async def _guard_datapath(taps: TapManager, interval: float) -> None:
             await taps.repair()
         except DatapathError as exc:
             log.error("reinstalling the datapath failed: %s", exc)
+
+
+async def _handover_grace(datapath: Datapath, listeners: ListenerStore) -> None:
+    if listeners.handed_over:
+        try:
+            await asyncio.to_thread(datapath.heartbeat, HANDOVER_GRACE_S)
+        except DatapathError as exc:
+            log.warning("could not extend the datapath heartbeat for the hand-over: %s", exc)
+
+
+async def _heartbeat(datapath: Datapath) -> None:
+    while True:
+        try:
+            await asyncio.to_thread(datapath.heartbeat)
+        except DatapathError as exc:  # removed underneath: the guard reinstalls it
+            log.debug("datapath heartbeat failed: %s", exc)
+        await asyncio.sleep(HEARTBEAT_INTERVAL_S)
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:

@@ -18,6 +18,7 @@ import logging
 import ssl
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -130,19 +131,24 @@ far below: ``max_document_bytes``)."""
 class BackendClient:
     """The node's view of the backend. One instance per daemon; ``close()`` at exit.
 
-    ``base_url`` e.g. ``http://127.0.0.1:8700``; ``signing_key`` the
+    ``base_url`` e.g. ``http://127.0.0.1:8700``, or several (backend
+    processes on one database): a request that fails to connect, or a GET
+    that fails or gets a 5xx, goes to the next at once (``BackendChoice``); ``signing_key`` the
     platform-wide key (str or bytes). ``timeout`` bounds every request
     except ``watch``, whose bound is its own long-poll timeout plus
     ``timeout``.
     """
 
-    def __init__(self, base_url: str, node: str, node_token: str,
+    def __init__(self, base_url: str | Sequence[str], node: str, node_token: str,
                  signing_key: str | bytes, *, timeout: float = 5.0,
                  connect_timeout: float = 2.0, metrics: NodeMetrics | None = None,
                  session: aiohttp.ClientSession | None = None,
                  max_answer_bytes: int = MAX_ANSWER_BYTES,
-                 ca_file: str | None = None) -> None:
-        self._base = base_url.rstrip("/")
+                 ca_file: str | None = None,
+                 failback_after: float = 30.0) -> None:
+        urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        self._backends = BackendChoice([u.rstrip("/") for u in urls], failback_after,
+                                       metrics=metrics)
         self.node = node
         self._token = node_token
         self._key = signing_key.encode("utf-8") if isinstance(signing_key, str) else signing_key
@@ -154,7 +160,7 @@ class BackendClient:
         self._max_answer = max_answer_bytes
         # https: the system's CAs, or the operator's private CA (``backend_ca_file``).
         self._tls = (ssl.create_default_context(cafile=ca_file)
-                     if self._base.startswith("https://") else None)
+                     if any(u.startswith("https://") for u in self._backends.urls) else None)
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -189,28 +195,47 @@ class BackendClient:
             hdrs["Content-Type"] = "text/plain; charset=utf-8"
         total = self._timeout if limit is None else limit
         client_timeout = aiohttp.ClientTimeout(total=total, connect=self._connect_timeout)
-        url = URL(self._base + path, encoded=True)
-        started = time.perf_counter()
-        outcome = "error"
-        try:
-            async with self._client().request(method, url, data=body, headers=hdrs,
-                                              timeout=client_timeout,
-                                              allow_redirects=False) as resp:
-                # Bounded, after decompression too: a broken or hostile backend
-                # (or proxy) cannot make the node buffer an endless answer.
-                payload = await resp.content.read(self._max_answer + 1)
-                if len(payload) > self._max_answer:
-                    raise BackendUnavailable(
-                        f"backend {op} answer exceeds {self._max_answer} bytes")
-                status = resp.status
-                resp_headers = {k: v for k, v in resp.headers.items()}
-            outcome = str(status)
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise BackendUnavailable(
-                f"backend {op} failed: {type(exc).__name__}: {exc}"[:300]) from None
-        finally:
-            if self._metrics is not None:
-                self._metrics.observe_backend(op, outcome, time.perf_counter() - started)
+        failure: BackendUnavailable | None = None
+        for index in self._backends.order():
+            url = URL(self._backends.urls[index] + path, encoded=True)
+            started = time.perf_counter()
+            outcome = "error"
+            try:
+                async with self._client().request(method, url, data=body, headers=hdrs,
+                                                  timeout=client_timeout,
+                                                  allow_redirects=False) as resp:
+                    # Bounded, after decompression too: a broken or hostile backend
+                    # (or proxy) cannot make the node buffer an endless answer.
+                    payload = await resp.content.read(self._max_answer + 1)
+                    if len(payload) > self._max_answer:
+                        raise BackendUnavailable(
+                            f"backend {op} answer exceeds {self._max_answer} bytes")
+                    status = resp.status
+                    resp_headers = {k: v for k, v in resp.headers.items()}
+                outcome = str(status)
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                failure = BackendUnavailable(
+                    f"backend {op} failed: {type(exc).__name__}: {exc}"[:300])
+                # A request that may have reached the backend is repeated on
+                # the next one only when repeating it changes nothing.
+                if method == "GET" or isinstance(exc, aiohttp.ClientConnectorError):
+                    self._backends.failed(index)
+                    continue
+                raise failure from None
+            finally:
+                if self._metrics is not None:
+                    self._metrics.observe_backend(op, outcome, time.perf_counter() - started)
+            if status >= 500 and (method == "GET" or status == 503):
+                failure = BackendUnavailable(
+                    f"backend {op} answered {status}: {_error_reason(payload)} "
+                    f"(request {request_id})", status)
+                self._backends.failed(index)
+                continue
+            self._backends.succeeded(index)
+            break
+        else:
+            assert failure is not None
+            raise failure
         if status in ok:
             return status, resp_headers, payload
         reason = _error_reason(payload)
@@ -304,6 +329,48 @@ class BackendClient:
         await self._call("guest_data", "DELETE",
                          self._path("instances", instance_id, "guest-data", key), instance_id,
                          ok=(200, 204))
+
+
+class BackendChoice:
+    """Which of the configured backends a request goes to first.
+
+    The one that answered last; after a fail-over, the first URL again once
+    ``failback_after`` seconds have passed (one attempt per period, so a
+    dead first backend costs one failed connect per period, not per call).
+    """
+
+    def __init__(self, urls: list[str], failback_after: float, *,
+                 metrics: NodeMetrics | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if not urls:
+            raise ValueError("at least one backend URL")
+        self.urls = urls
+        self.active = 0
+        self._failback_after = failback_after
+        self._since = clock()
+        self._metrics = metrics
+        self._clock = clock
+
+    def order(self) -> list[int]:
+        n = len(self.urls)
+        first = self.active
+        if first != 0 and self._clock() - self._since >= self._failback_after:
+            first = 0
+            self._since = self._clock()
+        return [(first + i) % n for i in range(n)]
+
+    def failed(self, index: int) -> None:
+        if index == self.active and len(self.urls) > 1:
+            log.warning("backend %d of %d failed; trying the next", index + 1, len(self.urls))
+
+    def succeeded(self, index: int) -> None:
+        if index == self.active:
+            return
+        log.warning("now using backend %d of %d", index + 1, len(self.urls))
+        self.active = index
+        self._since = self._clock()
+        if self._metrics is not None:
+            self._metrics.backend_failovers.labels(str(index)).inc()
 
 
 def _error_reason(payload: bytes) -> str:

@@ -38,7 +38,7 @@ def main(argv: list[str]) -> int:
     flags = {k: v for k, v in vars(args).items() if k not in ("config", "cleanup")}
     cfg = configlib.load(NodeConfig, section="node", path=args.config, flags=flags,
                          fallback=_CLEANUP_FALLBACK if args.cleanup else None)
-    setup_logging(cfg.log_format, cfg.log_level)
+    setup_logging(cfg.log_format, cfg.log_level, "interceptor-node")
     if args.cleanup:
         return cleanup(cfg)
     return asyncio.run(_serve(cfg))

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from interceptor.common.config import opt, required
 from interceptor.common.errors import ConfigError
+from interceptor.common.logsetup import LOG_FORMATS
 from interceptor.node.datapath.base import METADATA_ADDRESSES6
 from interceptor.node.datapath.contract import (
     DEFAULT_TAP_PATTERNS,
@@ -19,11 +20,15 @@ from interceptor.node.datapath.contract import (
 @dataclass
 class NodeConfig:
     node_name: str = required("this compute node's name, as bindings name it")
-    backend_url: str = required("central backend, e.g. https://backend.example:8700")
+    backend_url: list[str] = required(
+        "central backend URL, or a list tried in order (fail-over), "
+        "e.g. https://backend.example:8700")
     node_token: str = required("bearer token of this node at the backend")
     signing_key: str = required("platform-wide key that signs node requests")
     backend_ca_file: str | None = opt(
         None, "PEM CA bundle that verifies an https backend_url (unset or empty: system CAs)")
+    backend_failback: float = opt(
+        30.0, "seconds on a fail-over backend before the first one is tried again")
     datapath: str = opt("nft", "kernel datapath: nft or ebpf")
     tap_patterns: list[str] = opt(
         list(DEFAULT_TAP_PATTERNS),
@@ -61,12 +66,12 @@ class NodeConfig:
     bpf_instance: str = opt(
         "default", "eBPF: pins live in /sys/fs/bpf/interceptor/<bpf_instance>/")
     state_dir: str = opt(
-        "/var/lib/interceptor/node",
+        "/var/lib/interceptor-node",
         "where the daemon keeps which tap incarnation each binding serves (survives restarts)")
     shutdown_grace: float = opt(5.0, "seconds in-flight requests get on SIGTERM")
     keep_datapath_on_exit: bool = opt(
         False, "leave the datapath in the kernel on exit (guests then wait for restart)")
-    log_format: str = opt("text", "text or json")
+    log_format: str = opt("auto", "text, json, journal, or auto (journal under systemd)")
     log_level: str = opt("info", "debug, info, warning, error")
 
     def validate(self) -> None:
@@ -75,17 +80,25 @@ class NodeConfig:
         if self.disabled_action not in ("reset", "403"):
             raise ConfigError(
                 f"config: disabled_action must be reset or 403, not {self.disabled_action!r}")
-        if not self.backend_url.startswith(("http://", "https://")):
-            raise ConfigError(f"config: backend_url must be an http(s) URL: {self.backend_url!r}")
+        if isinstance(self.backend_url, str):  # built in code rather than loaded
+            self.backend_url = [self.backend_url]
+        if not self.backend_url:
+            raise ConfigError("config: backend_url must name at least one URL")
+        for url in self.backend_url:
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"config: backend_url must be an http(s) URL: {url!r}")
+        if self.backend_failback < 0:
+            raise ConfigError("config: backend_failback must be >= 0")
         if self.backend_ca_file:
-            if not self.backend_url.startswith("https://"):
+            if not all(url.startswith("https://") for url in self.backend_url):
                 raise ConfigError("config: backend_ca_file needs an https:// backend_url")
             if not os.access(self.backend_ca_file, os.R_OK):
                 raise ConfigError(
                     f"config: backend_ca_file is not a readable file: {self.backend_ca_file!r}")
         check_patterns(self.tap_patterns)
-        if self.log_format not in ("text", "json"):
-            raise ConfigError(f"config: log_format must be text or json, not {self.log_format!r}")
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(f"config: log_format must be one of {', '.join(LOG_FORMATS)}, "
+                              f"not {self.log_format!r}")
         for name in ("node_name", "node_token", "signing_key"):
             if not getattr(self, name):
                 raise ConfigError(f"config: {name} must not be empty")

@@ -89,6 +89,9 @@ class NodeMetrics:
                                    "another request's backend fetch", registry=r)
         self.cache_documents = Gauge(p + "cache_documents", "Documents held in the cache",
                                      registry=r)
+        self.backend_failovers = Counter(
+            p + "backend_failovers", "Switches of the backend in use, by the position in "
+            "backend_url switched to", ["to"], registry=r)
         self.backend_calls = Counter(p + "backend_requests", "Requests to the backend",
                                      ["op", "outcome"], registry=r)
         self.backend_latency = Histogram(p + "backend_request_seconds",

@@ -66,7 +66,7 @@ class TapManager:
                  ifindex_of: Callable[[str], int] | None = socket.if_nametoindex,
                  addresses6: Sequence[str] = (),
                  open_listener6: Callable[[str, str, int], socket.socket] = open_tap_listener6,
-                 ) -> None:
+                 on_listener_released: Callable[[str], None] | None = None) -> None:
         self._datapath = datapath
         self._server = server
         self._disabled_action = disabled_action
@@ -77,6 +77,11 @@ class TapManager:
         self._addresses6 = tuple(addresses6)
         self._open_listener6 = open_listener6
         self._ifindex_of = ifindex_of
+        # Restart hand-over (datapath/listeners.py ListenerStore): told when a
+        # tap's listener is closed for good; not at daemon exit, where the
+        # listeners stay with the service manager for the next process.
+        self._on_listener_released = on_listener_released
+        self._links_known = False
         self._links: dict[str, Link] = {}
         self._bindings: dict[str, Binding] = {}
         self._served: dict[str, _Served] = {}
@@ -101,6 +106,7 @@ class TapManager:
 
     async def update_links(self, links: Mapping[str, Link]) -> None:
         self._links = dict(links)
+        self._links_known = True
         await self.apply()
 
     async def update_bindings(self, bindings: Mapping[str, Binding]) -> None:
@@ -128,6 +134,10 @@ class TapManager:
     async def apply(self) -> None:
         """Recompute and apply; concurrent calls are serialised."""
         async with self._lock:
+            if not self._links_known:
+                # Bindings before the first link dump: applying now would
+                # unsteer every tap the previous process left steered.
+                return
             wanted = self._desired(frozenset())
             if wanted.latches != self._latches:
                 await asyncio.to_thread(self._latch_store.save, wanted.latches)
@@ -200,6 +210,7 @@ class TapManager:
             if served is not None:  # rebound or recreated: never reuse the old identity
                 await self._remove(served)
                 del self._served[name]
+                self._released(name)
             socks: list[socket.socket] = []
             listeners: list[GuestListener] = []
             try:
@@ -237,7 +248,12 @@ class TapManager:
                 continue
             served = self._served.pop(name)
             await self._remove(served)
+            self._released(name)
             log.info("tap %s no longer serves instance %s", name, served.identity.instance_id)
+
+    def _released(self, name: str) -> None:
+        if self._on_listener_released is not None:
+            self._on_listener_released(name)
 
     async def close(self) -> None:
         if self._retry is not None:

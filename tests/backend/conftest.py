@@ -8,11 +8,6 @@ PostgreSQL server is Debian's, started in a temporary directory as user
 
 from __future__ import annotations
 
-import os
-import pwd
-import shutil
-import subprocess
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -20,31 +15,16 @@ import pytest
 from aiohttp import ClientSession, test_utils
 
 from interceptor.backend.app import create_app
-from tests.backend.support import Api, PgServer, free_port, make_config, pg_bindir
+from tests.backend.support import Api, PgServer, make_config
 
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
-    bindir = pg_bindir()
-    root = tempfile.mkdtemp(prefix="interceptor-pg-")
-    as_postgres: list[str] = []
-    if os.geteuid() == 0:
-        pw = pwd.getpwnam("postgres")
-        os.chown(root, pw.pw_uid, pw.pw_gid)
-        as_postgres = ["runuser", "-u", "postgres", "--"]
-    data, log = os.path.join(root, "data"), os.path.join(root, "log")
-    port = free_port()
-    subprocess.run([*as_postgres, str(bindir / "initdb"), "-D", data, "-A", "trust",
-                    "-U", "postgres", "--no-sync"], check=True, capture_output=True)
-    subprocess.run([*as_postgres, str(bindir / "pg_ctl"), "-D", data, "-l", log, "-w",
-                    "-o", f"-k {root} -p {port} -c listen_addresses='' -c max_connections=200",
-                    "start"], check=True, capture_output=True)
+    server = PgServer.start()
     try:
-        yield PgServer(root, port)
+        yield server
     finally:
-        subprocess.run([*as_postgres, str(bindir / "pg_ctl"), "-D", data, "-m", "immediate",
-                        "-w", "stop"], capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+        server.stop()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -8,10 +8,13 @@ import contextlib
 import io
 import json
 import os
+import pwd
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,8 +47,46 @@ def free_port() -> int:
 
 @dataclass
 class PgServer:
+    """Debian's PostgreSQL in a temporary directory, as user ``postgres``, on a
+    Unix socket only (``start()``, then ``stop()``; ``restart()`` in between)."""
+
     sockdir: str
     port: int
+
+    @classmethod
+    def start(cls) -> PgServer:
+        root = tempfile.mkdtemp(prefix="interceptor-pg-")
+        if os.geteuid() == 0:
+            pw = pwd.getpwnam("postgres")
+            os.chown(root, pw.pw_uid, pw.pw_gid)
+        server = cls(root, free_port())
+        server._run("initdb", "-D", server.data, "-A", "trust", "-U", "postgres", "--no-sync")
+        server._ctl("start")
+        return server
+
+    @property
+    def data(self) -> str:
+        return os.path.join(self.sockdir, "data")
+
+    def _run(self, tool: str, *args: str) -> None:
+        as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        subprocess.run([*as_postgres, str(pg_bindir() / tool), *args], check=True,
+                       capture_output=True, timeout=120)
+
+    def _ctl(self, action: str, mode: str = "fast") -> None:
+        opts = (f"-k {self.sockdir} -p {self.port} -c listen_addresses='' "
+                "-c max_connections=200")
+        self._run("pg_ctl", "-D", self.data, "-l", os.path.join(self.sockdir, "log"), "-w",
+                  "-m", mode, "-o", opts, action)
+
+    def restart(self, mode: str = "fast") -> None:
+        """Stop (``fast``: sessions are disconnected) and start again."""
+        self._ctl("restart", mode)
+
+    def stop(self) -> None:
+        with contextlib.suppress(subprocess.SubprocessError):
+            self._ctl("stop", "immediate")
+        shutil.rmtree(self.sockdir, ignore_errors=True)
 
     def dsn(self, db: str = "postgres") -> str:
         return f"postgresql://postgres@/{db}?host={self.sockdir}&port={self.port}"

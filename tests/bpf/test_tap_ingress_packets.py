@@ -18,7 +18,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
-from interceptor.node.datapath.base import METADATA_ADDRESS, mark_for
+from interceptor.node.datapath.base import MARK_MASK, MARK_TAG, METADATA_ADDRESS, mark_for
 from interceptor.node.datapath.bridge import BYPASS_MAC
 from interceptor.node.datapath.contract import ARP_REPLY_MAC as DEFAULT_ARP_MAC
 from interceptor.node.datapath.ebpf import EbpfDatapath
@@ -184,11 +184,16 @@ def test_ip_options_are_skipped_by_ihl(lab: PacketLab, dp: EbpfDatapath) -> None
     assert res.mark == mark_for(lab.ifindex["ena"])
 
 
-def test_enabled_tap_without_listener_drops(lab: PacketLab, dp: EbpfDatapath) -> None:
+def test_enabled_tap_without_listener_gets_a_reset(lab: PacketLab, dp: EbpfDatapath) -> None:
+    """No socket on the tap (the daemon was killed): the guest is refused at
+    once, by the RST a closed port sends, straight back out of the tap."""
     before = counts(dp, "enb")
-    res = run(dp, lab, "enb", syn())
-    assert res.retval == TC_ACT_SHOT
-    assert res.mark == SEEN
+    res = run(dp, lab, "enb", syn(sport=40004))
+    assert res.retval == TC_ACT_REDIRECT
+    rst = Ether(res.data)
+    assert (rst[IP].src, rst[IP].dst) == (MD, GUEST_IP)
+    assert (rst[TCP].sport, rst[TCP].dport, rst[TCP].flags) == (80, 40004, "RA")
+    assert checksums_valid(res.data)
     assert delta(before, counts(dp, "enb")) == {"no_listener": 1}
 
 
@@ -204,7 +209,8 @@ def test_host_wildcard_listener_is_never_chosen(lab: PacketLab, dp: EbpfDatapath
         host.bind(("0.0.0.0", 80))
         host.listen()
         res = run(dp, lab, "ena", syn(sport=40010))
-        assert (res.retval, res.mark) == (TC_ACT_SHOT, SEEN)
+        assert res.retval == TC_ACT_REDIRECT  # a RST to the guest
+        assert Ether(res.data)[TCP].flags == "RA"
     finally:
         host.close()
         for name in LISTENING:
@@ -215,7 +221,8 @@ def test_host_wildcard_listener_is_never_chosen(lab: PacketLab, dp: EbpfDatapath
 def test_listener_of_another_tap_is_never_chosen(lab: PacketLab, dp: EbpfDatapath) -> None:
     # enb has no listener; ena's (bound to ena) must not be used for enb.
     res = run(dp, lab, "enb", syn(sport=40002))
-    assert res.retval == TC_ACT_SHOT
+    # refused (a RST back out of the tap), not steered: no steering mark
+    assert res.retval == TC_ACT_REDIRECT and res.mark & MARK_MASK != MARK_TAG
 
 
 def test_syn_on_refused_tap_gets_a_reset(lab: PacketLab, dp: EbpfDatapath) -> None:

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tests.e2e.fdstore import FdStore
 from tests.lab import PYTHON, REPO, Guest, Topology, metric_sum, sh
 
 BACKEND_PORT = 8700
@@ -54,7 +55,8 @@ class ProductStack:
     def __init__(self, topo: Topology, *, datapath: str = "nft", node_name: str = "node-a",
                  taps: str = "routed",
                  node_options: dict[str, Any] | None = None,
-                 backend_options: dict[str, Any] | None = None) -> None:
+                 backend_options: dict[str, Any] | None = None,
+                 fdstore: bool = False) -> None:
         self.topo = topo
         self.netns = topo.node
         self.datapath = datapath
@@ -83,14 +85,21 @@ class ProductStack:
             **(node_options or {})}
         self.backend: subprocess.Popen[bytes] | None = None
         self.node: subprocess.Popen[bytes] | None = None
+        self.extra_backends: list[subprocess.Popen[bytes]] = []
+        self.api_port = BACKEND_PORT  # which backend process api() talks to
+        # The node under a service manager's fd store (restart hand-over).
+        self.fdstore = FdStore(self.work) if fdstore else None
 
     # -- processes ---------------------------------------------------------------------
 
-    def _spawn(self, name: str, args: Sequence[str]) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, args: Sequence[str],
+               fdstore: FdStore | None = None) -> subprocess.Popen[bytes]:
         log = open(self.work / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        return subprocess.Popen(["ip", "netns", "exec", self.netns, PYTHON, "-m", "interceptor",
-                                 *args], cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+        argv = ["ip", "netns", "exec", self.netns, PYTHON, "-m", "interceptor", *args]
+        if fdstore is not None:
+            return fdstore.spawn(argv, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
 
     def start_backend(self) -> None:
         cfg = self.work / "backend.toml"
@@ -99,11 +108,25 @@ class ProductStack:
         self.backend = self._spawn("backend", ["backend", "serve", "--config", str(cfg)])
         self.wait_http(f"http://127.0.0.1:{BACKEND_OPERATOR_PORT}/healthz", self.backend)
 
-    def start_node(self, wait_ready: bool = True) -> None:
+    def start_extra_backend(self, name: str, port: int, operator_port: int
+                            ) -> subprocess.Popen[bytes]:
+        """Another backend process on the same database (a PostgreSQL DSN in
+        ``backend_options``), on its own ports; stopped by ``close()``."""
+        cfg = self.work / f"{name}.toml"
+        cfg.write_text(_toml("backend", {**self.backend_options, "listen_port": port,
+                                         "operator_port": operator_port},
+                             {"node_tokens": {self.node_name: self.node_token,
+                                              "node-other": self.other_node_token}}))
+        proc = self._spawn(name, ["backend", "serve", "--config", str(cfg)])
+        self.extra_backends.append(proc)
+        self.wait_http(f"http://127.0.0.1:{operator_port}/healthz", proc)
+        return proc
+
+    def start_node(self, wait_ready: bool = True, timeout: float = 20.0) -> None:
         cfg = self.work / "node.toml"
         cfg.write_text(_toml("node", self.node_options))
-        self.node = self._spawn("node", ["node", "--config", str(cfg)])
-        self.wait_http(f"http://127.0.0.1:{NODE_OPERATOR_PORT}/healthz", self.node)
+        self.node = self._spawn("node", ["node", "--config", str(cfg)], self.fdstore)
+        self.wait_http(f"http://127.0.0.1:{NODE_OPERATOR_PORT}/healthz", self.node, timeout)
         if wait_ready:
             self.wait_http(f"http://127.0.0.1:{NODE_OPERATOR_PORT}/readyz", self.node,
                            allow_unready=True)
@@ -142,9 +165,14 @@ class ProductStack:
             self.stop_node()
         if self.backend is not None:
             self.stop_backend()
+        for proc in self.extra_backends:
+            _stop(proc, signal.SIGTERM, 20.0)
         # Whatever a failed test left: the daemon's own cleanup command.
+        if self.fdstore is not None:
+            self.fdstore.close()
         sh([PYTHON, "-m", "interceptor", "node", "--cleanup", "--datapath", self.datapath,
-            "--bpf-instance", self.bpf_instance], netns=self.netns, check=False, timeout=60)
+            "--bpf-instance", self.bpf_instance, "--no-keep-datapath-on-exit"],
+           netns=self.netns, check=False, timeout=60)
         shutil.rmtree(self.work)
 
     def add_guest(self, **kwargs: Any) -> Guest:
@@ -174,7 +202,7 @@ class ProductStack:
             args += ["-H", f"{k}: {v}"]
         if body is not None:
             args += ["-H", "Content-Type: application/json", "--data-binary", "@-"]
-        r = sh([*args, f"http://127.0.0.1:{BACKEND_PORT}{path}"], netns=self.netns,
+        r = sh([*args, f"http://127.0.0.1:{self.api_port}{path}"], netns=self.netns,
                input=json.dumps(body) if body is not None else None)
         text, _, code = r.stdout.rpartition("\n")
         try:

@@ -25,6 +25,11 @@ reader tries it) and OpenStack's link-local one."""
 DEFAULT_TABLE = 4711  # policy routing (routing.py)
 DEFAULT_PREF = 1000
 
+HEARTBEAT_INTERVAL_S = 1.0
+HANDOVER_GRACE_S = 30.0
+"""How long a daemon that exits with its listeners handed over (fd store)
+keeps the datapath steering to them: the next process's start-up."""
+
 MARK_TAG = 0x4D000000
 """High byte of every mark this project sets; the low 24 bits carry the ifindex
 (folded past 2**24), for people reading packet traces."""
@@ -106,6 +111,13 @@ class Datapath(Protocol):
 
     def unsteerable(self) -> dict[str, str]:
         """Taps the last sync was asked to steer but left fail closed, with why."""
+
+    def heartbeat(self, lasting: float | None = None) -> None:
+        """Called every HEARTBEAT_INTERVAL_S while the daemon runs: a datapath
+        that cannot see whether a tap's listener exists (nft) learns from its
+        absence that the daemon is gone, and then refuses instead of steering.
+        ``lasting``: the heartbeat counts that long (a daemon handing its
+        listeners over to the next process says so as its last act)."""
 
     def remove(self) -> None:
         """Remove everything this datapath ever made. Safe to call twice."""

@@ -198,6 +198,10 @@ class EbpfDatapath:
         self.filters.attached = set()
         self._reconciled = False
 
+    def heartbeat(self, lasting: float | None = None) -> None:
+        """Nothing to renew: the program sees for itself that a tap has no
+        socket (bpf_skc_lookup_tcp) and answers with a RST."""
+
     def installed(self) -> bool:
         pins = all((self.cfg.pin_dir / m).exists() for m in MAP_NAMES)
         return pins and self.guard.present() and self.routing.present()

@@ -13,14 +13,20 @@ and replies leave through the tap they came from without any route.
 from __future__ import annotations
 
 import errno
+import logging
+import os
 import socket
+from collections.abc import Callable
 
+from interceptor.common import sdnotify
 from interceptor.common.errors import DatapathError
 from interceptor.node.datapath.base import METADATA_ADDRESS, METADATA_PORT
 
 # Not exported by Python's socket module on every build.
 IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
+
+log = logging.getLogger(__name__)
 
 DEFAULT_BACKLOG = 1024
 IFNAMSIZ = 16
@@ -122,3 +128,112 @@ def open_tap_listener6(ifname: str, address: str, port: int = METADATA_PORT, *,
         raise TapListenerError(
             f"listener: {ifname} [{address}]:{port}: {exc.strerror or exc}") from None
     return sock
+
+
+# -- listeners that outlive the process ---------------------------------------------
+#
+# A restart must not close a tap's listening socket: SYNs that arrive while
+# no process runs then queue in the socket's backlog (the kernel completes
+# the handshake) instead of finding no socket, and the next process accepts
+# them. Each listener is therefore handed to the service manager's file
+# descriptor store (``FDSTORE=1``, systemd's ``FileDescriptorStoreMax=``) and
+# taken back from ``$LISTEN_FDS`` by the next process. Only the socket is
+# inherited, never who it serves: the next process attributes it from the
+# bindings it reads itself, and only to the tap of the same ifindex.
+
+FDNAME_PREFIX = "tap."
+SO_BINDTOIFINDEX = getattr(socket, "SO_BINDTOIFINDEX", 62)
+SO_ACCEPTCONN = getattr(socket, "SO_ACCEPTCONN", 30)
+
+
+def fdname_for(ifname: str) -> str:
+    """The fd store name of a tap's listener (hex: an ifname may hold ':')."""
+    return FDNAME_PREFIX + ifname.encode().hex()
+
+
+def ifname_of_fdname(name: str) -> str | None:
+    if not name.startswith(FDNAME_PREFIX):
+        return None
+    try:
+        return bytes.fromhex(name[len(FDNAME_PREFIX):]).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+class ListenerStore:
+    """Opens per-tap listeners, preferring one inherited from the previous
+    process, and keeps the service manager's fd store equal to the open set.
+
+    ``open`` fits ``TapManager``'s ``open_listener`` hook, ``released`` its
+    ``on_listener_released`` hook. Without a service manager, ``notify``
+    returns False and this is plain ``open_tap_listener``.
+    """
+
+    def __init__(self, inherited: dict[str, socket.socket] | None = None, *,
+                 notify: Callable[..., bool] = sdnotify.notify,
+                 open_listener: Callable[[str, str, int], socket.socket] = open_tap_listener,
+                 ifindex_of: Callable[[str], int] = socket.if_nametoindex) -> None:
+        self._inherited = dict(inherited or {})
+        self._notify = notify
+        self._open_listener = open_listener
+        self._ifindex_of = ifindex_of
+        self.adopted: set[str] = set()
+        """Taps whose listener came from the previous process (for logs and tests)."""
+        self.handed_over = bool(self._inherited)
+        """True once a service manager holds listeners for the next process."""
+
+    @classmethod
+    def from_environment(cls) -> ListenerStore:
+        inherited: dict[str, socket.socket] = {}
+        for name, fds in sdnotify.listen_fds().items():
+            ifname = ifname_of_fdname(name)
+            for fd in fds:
+                if ifname is None or ifname in inherited:
+                    os.close(fd)
+                    continue
+                inherited[ifname] = socket.socket(fileno=fd)
+        if inherited:
+            log.info("inherited %d tap listeners from the previous process", len(inherited))
+        return cls(inherited)
+
+    def open(self, ifname: str, address: str, port: int) -> socket.socket:
+        sock = self._inherited.pop(ifname, None)
+        if sock is not None:
+            if self._fits(sock, ifname, address, port):
+                self.adopted.add(ifname)
+                return sock
+            log.info("tap %s: inherited listener no longer fits (tap recreated?); "
+                     "opening a new one", ifname)
+            sock.close()
+            self._withdraw(ifname)
+        sock = self._open_listener(ifname, address, port)
+        name = fdname_for(ifname)
+        self._withdraw(ifname)  # at most one stored listener per tap
+        if self._notify(f"FDSTORE=1\nFDNAME={name}", [sock.fileno()]):
+            self.handed_over = True
+        return sock
+
+    def released(self, ifname: str) -> None:
+        """The tap's listener was closed for good (tap gone, unbound, rebound)."""
+        self.adopted.discard(ifname)
+        self._withdraw(ifname)
+
+    def release_unclaimed(self) -> None:
+        """Close inherited listeners no tap claimed once the taps are applied."""
+        for ifname, sock in self._inherited.items():
+            sock.close()
+            self._withdraw(ifname)
+        self._inherited.clear()
+
+    def _withdraw(self, ifname: str) -> None:
+        self._notify(f"FDSTOREREMOVE=1\nFDNAME={fdname_for(ifname)}")
+
+    def _fits(self, sock: socket.socket, ifname: str, address: str, port: int) -> bool:
+        try:
+            return (sock.family == socket.AF_INET and sock.type == socket.SOCK_STREAM
+                    and sock.getsockopt(socket.SOL_SOCKET, SO_ACCEPTCONN) == 1
+                    and sock.getsockname() == (address, port)
+                    and sock.getsockopt(socket.SOL_SOCKET, SO_BINDTOIFINDEX)
+                    == self._ifindex_of(ifname))
+        except OSError:
+            return False

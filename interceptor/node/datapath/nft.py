@@ -36,8 +36,10 @@ Per packet, from a managed tap:
   (a routed tap carrying the guests' gateway address), and then no listener
   matches. Anything else to the metadata address is dropped: fail closed
   (this also covers a tap that matches the name patterns but was not synced
-  yet, and a steered tap whose listener is gone, where dropping lets the
-  guest retry by SYN retransmit while the daemon restarts).
+  yet). A steered tap whose daemon is gone (no ``alive`` heartbeat for
+  ``ALIVE_TIMEOUT_S``) is answered with a RST at the netdev ingress instead:
+  the guest fails at once rather than waiting on a listener that no longer
+  exists.
 * inet input: from a managed tap (by ``iif``, by name pattern, or by the
   guest mark when a bridge is in between) only the steered metadata
   connection, ICMP, replies to connections the host opened, and configured
@@ -96,8 +98,11 @@ contract.py; this module is the nftables half of it only.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import re
+import socket
 from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 
@@ -122,6 +127,11 @@ from interceptor.node.datapath.zones import ZonePool
 __all__ = ["NftConfig", "NftDatapath"]
 
 log = logging.getLogger(__name__)
+
+# Seconds the ``alive`` element outlives the daemon's last heartbeat (renewed
+# every second): longer than a restart's gap between two processes, short
+# enough that a killed daemon's guests get RSTs instead of hanging.
+ALIVE_TIMEOUT_S = 3
 
 
 @dataclass
@@ -164,12 +174,92 @@ class NftDatapath:
         """(Re)create both tables atomically and the policy routing.
 
         Existing tables of the same name are replaced in the same transaction
-        (so an upgrade gets the current rules); their elements are restored by
-        the first ``sync``, which re-adds every element.
+        (so an upgrade gets the current rules), and their per-tap elements and
+        ingress hooks are carried into the new tables in that transaction too:
+        a restarted daemon keeps steering its predecessor's taps (to the
+        listeners it inherits, see listeners.py) until its first ``sync``
+        replaces them, so guests see no gap. ``alive`` starts without a
+        timeout until the first :meth:`heartbeat`.
         """
-        self._apply(Nft.drop_tables(self._tables()) + render_ruleset(self.cfg))
+        if self.cfg.netdev_reject and not self._netdev_reject_works():
+            log.warning("nft: this kernel cannot reject in netdev chains "
+                        "(CONFIG_NFT_REJECT_NETDEV): refused guests are dropped, not reset")
+            self.cfg = dataclasses.replace(self.cfg, netdev_reject=False)
+        replace = Nft.drop_tables(self._tables()) + render_ruleset(self.cfg)
+        carried = self._carry_over() if self._tables_exist() else ""
+        try:
+            self._apply(replace + carried + self._alive_until_heartbeat())
+        except DatapathError as exc:
+            if not carried:
+                raise
+            log.warning("nft: could not carry the previous taps over (%s); starting empty", exc)
+            carried = ""
+            self._apply(replace + self._alive_until_heartbeat())
         self.routing.install()
-        self._applied = _Applied()
+        # Carried-over state is not what this process synced: the first sync
+        # rewrites all of it (flush and re-add in one transaction).
+        self._applied = None if carried else _Applied()
+
+    def _netdev_reject_works(self) -> bool:
+        """A dry run (``nft --check``, checked by the kernel, nothing applied)
+        of a netdev chain with a reject rule."""
+        probe = f"{self.cfg.table}_probe"
+        try:
+            self.nft.run(["-c", "-f", "-"], stdin=(
+                f"add table netdev {probe}\n"
+                f"add chain netdev {probe} c {{ type filter hook ingress device lo priority 0; }}\n"
+                f"add rule netdev {probe} c meta l4proto tcp reject with tcp reset\n"))
+        except DatapathError:
+            return False
+        return True
+
+    def heartbeat(self, lasting: float | None = None) -> None:
+        """Renew the ``alive`` element. While it lives, steered taps go to their
+        listeners; once the daemon is gone for ALIVE_TIMEOUT_S (killed, hung)
+        the ingress chain answers their SYNs with a RST instead of steering
+        them to sockets that no longer exist. nftables cannot ask whether the
+        tproxy target has a socket before the packet is routed, and a RST sent
+        after routing is lost to guests with unrouted or overlapping
+        addresses; the ingress chain's RST goes straight back out the tap."""
+        self._apply(self._alive_batch(lasting))
+
+    def _alive_until_heartbeat(self) -> str:
+        """``alive`` without a timeout: steering works for any user of the
+        datapath; the daemon's first heartbeat (right after install) makes it
+        lapse without one."""
+        return f"add element netdev {self.cfg.table} alive {{ {self.cfg.metadata_port} }}\n"
+
+    def _alive_batch(self, lasting: float | None = None) -> str:
+        t, port = self.cfg.table, self.cfg.metadata_port
+        return (f"add element netdev {t} alive {{ {port} }}\n"
+                f"delete element netdev {t} alive {{ {port} }}\n"
+                f"add element netdev {t} alive {{ {port} timeout "
+                f"{max(1, round(lasting or ALIVE_TIMEOUT_S))}s }}\n")
+
+    def _carry_over(self) -> str:
+        """Batch lines re-adding the per-tap elements and ingress hooks now in
+        the kernel (hooks only for devices that still exist)."""
+        t = self.cfg.table
+        lines: list[str] = []
+        for fam in ("inet", "netdev"):
+            data = json.loads(self.nft.run(["-j", "list", "table", fam, t]))
+            for item in data.get("nftables", []):
+                s = item.get("set") or item.get("map")
+                if not s or s.get("name") not in ("managed", "vm_mark", "vm_zone", "steered"):
+                    continue
+                elems = []
+                for e in s.get("elem", []):
+                    key, value = (e[0], e[1]) if isinstance(e, list) and len(e) == 2 else (e, None)
+                    index = _ifindex_of(key)
+                    if index is None:  # the tap is gone: nothing to carry
+                        continue
+                    elems.append(str(index) if value is None else f"{index} : {int(value)}")
+                if elems:
+                    lines.append(f"add element {fam} {t} {s['name']} {{ {', '.join(elems)} }}")
+        devices = sorted(d for d in self.ingress_devices() if _link_exists(d))
+        for i, chunk in enumerate(_chunks(devices, SHARD_SIZE)):
+            lines.append(render_ingress_chain(self.cfg, i, list(chunk)))
+        return "\n".join(lines) + ("\n" if lines else "")
 
     def installed(self) -> bool:
         return self._tables_exist() and self.routing.present()
@@ -362,6 +452,25 @@ class NftDatapath:
                 if d.strip():
                     found.add(d.strip().strip('"'))
         return found
+
+
+def _link_exists(ifname: str) -> bool:
+    return _ifindex_of(ifname) is not None
+
+
+def _ifindex_of(key: object) -> int | None:
+    """The ifindex of a set key as nft's JSON lists it (a name while the
+    device exists, else the number); None when the device is gone."""
+    if isinstance(key, int):
+        try:
+            socket.if_indextoname(key)
+        except OSError:
+            return None
+        return key
+    try:
+        return socket.if_nametoindex(str(key))
+    except OSError:
+        return None
 
 
 def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:

@@ -53,6 +53,10 @@ class NftConfig(DatapathConfig):
     table: str = "interceptor"
     ingress_priority: int = -300
     nft_binary: str = "nft"
+    # Kernels built without CONFIG_NFT_REJECT_NETDEV (Debian 12's 6.1 among
+    # them) cannot send the netdev chain's RSTs: install() probes and, there,
+    # drops instead (guests then wait for their own timeout, still fail closed).
+    netdev_reject: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -155,7 +159,7 @@ table inet {t} {{
     type filter hook input priority filter; policy accept;
     meta mark & 0x{MARK_MASK:08x} != 0x{GUEST_MARK_TAG:08x} {not_ours} return
 {allow_md}    ct state established,related accept
-    meta l4proto {{ icmp, ipv6-icmp }} accept
+    meta l4proto {{ 1, 58 }} accept comment "ICMP, ICMPv6 (no names: no /etc/protocols needed)"
 {allow}    iif @managed update @cnt_input_drop {{ iif }} drop \
 comment "no other host service for guests"
     counter drop comment "the same, through a bridge (iif is the bridge: not counted per tap)"
@@ -164,6 +168,7 @@ comment "no other host service for guests"
 
 table netdev {t} {{
   set steered {{ type iface_index; }}
+  set alive {{ type inet_service; flags timeout; }}
 {counter_decl["netdev"]}}}
 """  # noqa: S608 (nft syntax, not SQL)
 
@@ -181,6 +186,7 @@ def render_ingress_chain(cfg: NftConfig, shard: int, devices: Sequence[str]) -> 
     devs = quoted(devices)
     arp_on = "" if cfg.arp_when_refused else "iif @steered "
     ndp, ip6 = _ndp_rules(cfg, arp_on), _ip6_rules(cfg)
+    refuse = "reject with tcp reset" if cfg.netdev_reject else "drop"
     return f"""\
 table netdev {t} {{
   chain {shard_name(shard)} {{
@@ -195,8 +201,10 @@ arp saddr ip set {md} arp operation set reply fwd to iif
     arp daddr ip {md} drop comment "no ARP answer on an unsteered tap"
     arp operation reply meta pkttype host iif @steered ether daddr set {BYPASS_MAC} \
 accept comment "to the tap, not its bridge: the host resolves guests on the tap"
-{ndp}    ip daddr {md} iif @steered meta pkttype set host ether daddr set {BYPASS_MAC} accept
-    ip daddr {md} meta l4proto tcp update @cnt_refused {{ iif }} reject with tcp reset
+{ndp}    ip daddr {md} iif @steered tcp dport {cfg.metadata_port} tcp dport != @alive \
+update @cnt_refused {{ iif }} {refuse} comment "no daemon alive: fail fast"
+    ip daddr {md} iif @steered meta pkttype set host ether daddr set {BYPASS_MAC} accept
+    ip daddr {md} meta l4proto tcp update @cnt_refused {{ iif }} {refuse}
     ip daddr {md} drop
 {ip6}  }}
 }}
@@ -286,11 +294,14 @@ def _ip6_rules(cfg: NftConfig) -> str:
     md6 = _v6(cfg)
     if not md6:
         return ""
-    return (f"    ip6 daddr {md6} iif @steered meta pkttype set host "
+    refuse = "reject with tcp reset" if cfg.netdev_reject else "drop"
+    return (f"    ip6 daddr {md6} iif @steered tcp dport {cfg.metadata_port} "
+            f"tcp dport != @alive update @cnt_refused {{ iif }} {refuse} "
+            "comment \"no daemon alive: fail fast\"\n"
+            f"    ip6 daddr {md6} iif @steered meta pkttype set host "
             f"ether daddr set {BYPASS_MAC} accept\n"
-            f"    ip6 daddr {md6} meta l4proto tcp update @cnt_refused {{ iif }} "
-            "reject with tcp reset\n"
-            f"    ip6 daddr {md6} drop\n")
+            f"    ip6 daddr {md6} meta l4proto tcp update @cnt_refused {{ iif }} {refuse}\n"
+            f"    ip6 daddr {md6} drop\n")  # noqa: S608 (nft syntax, not SQL)
 
 
 def reference_ruleset(cfg: NftConfig | None = None) -> str:

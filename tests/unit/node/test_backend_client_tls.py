@@ -91,12 +91,12 @@ async def test_https_backend_refused_without_its_ca(https_backend: tuple[str, Pa
 def test_backend_ca_file_config_is_checked(tmp_path: Path) -> None:
     base: dict[str, Any] = {"node_name": "n", "node_token": "t", "signing_key": "k"}
     with pytest.raises(ConfigError, match="https"):
-        NodeConfig(backend_url="http://b:8700", backend_ca_file=str(tmp_path), **base).validate()
+        NodeConfig(backend_url=["http://b:8700"], backend_ca_file=str(tmp_path), **base).validate()
     with pytest.raises(ConfigError, match="readable"):
-        NodeConfig(backend_url="https://b:8700", backend_ca_file=str(tmp_path / "none.pem"),
+        NodeConfig(backend_url=["https://b:8700"], backend_ca_file=str(tmp_path / "none.pem"),
                    **base).validate()
     pem = make_ca(tmp_path)
-    NodeConfig(backend_url="https://b:8700", backend_ca_file=str(pem), **base).validate()
+    NodeConfig(backend_url=["https://b:8700"], backend_ca_file=str(pem), **base).validate()
 
 
 async def test_backend_answer_is_bounded_after_decompression() -> None:

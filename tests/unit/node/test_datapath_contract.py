@@ -26,7 +26,7 @@ from interceptor.node.datapath.nft_ruleset import NftConfig
 
 
 def node_config(**overrides: object) -> NodeConfig:
-    cfg = NodeConfig(node_name="n1", backend_url="http://127.0.0.1:1", node_token="t",
+    cfg = NodeConfig(node_name="n1", backend_url=["http://127.0.0.1:1"], node_token="t",
                      signing_key="k")
     for key, value in overrides.items():
         setattr(cfg, key, value)

@@ -150,7 +150,7 @@ async def test_typed_errors(running: Running) -> None:
 
 
 async def test_bad_signature_key_is_rejected(running: Running) -> None:
-    url = running.client._base
+    url = running.client._backends.urls[0]
     other = BackendClient(url, NODE, TOKEN, "wrong-key")
     try:
         with pytest.raises(BackendRejected) as info:
@@ -192,3 +192,72 @@ async def test_unreachable_backend_is_unavailable() -> None:
             await client.document("i-1")
     finally:
         await client.close()
+
+
+def _free_port() -> int:
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port: int = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    return port
+
+
+async def test_fails_over_to_the_next_backend_and_back() -> None:
+    first, second = Contract(), Contract()
+    servers = [TestServer(make_app(state), host="127.0.0.1") for state in (first, second)]
+    for server in servers:
+        await server.start_server()
+    metrics = NodeMetrics()
+    dead = f"http://127.0.0.1:{_free_port()}"
+    client = BackendClient([dead, str(servers[0].make_url("/")), str(servers[1].make_url("/"))],
+                           NODE, TOKEN, KEY, timeout=2.0, metrics=metrics, failback_after=3600)
+    try:
+        # Connection refused on the first, answered by the second.
+        assert (await client.bindings()).revision == 7
+        assert client._backends.active == 1
+        # A 5xx on a GET: the third answers, and stays in use.
+        first.fail_with = 500
+        assert (await client.bindings()).revision == 7
+        assert client._backends.active == 2
+        first.fail_with = None
+        assert (await client.bindings()).revision == 7
+        assert client._backends.active == 2
+        text = metrics.render().decode()
+        assert 'interceptor_node_backend_failovers_total{to="1"} 1.0' in text
+        assert 'interceptor_node_backend_failovers_total{to="2"} 1.0' in text
+        # A write that got a 500 may have been applied: not repeated elsewhere.
+        second.fail_with = 500
+        with pytest.raises(BackendUnavailable, match="500"):
+            await client.set_password("i-x", b"pw")
+        assert first.password is None and second.password is None
+        second.fail_with = None
+        # Every backend down: unavailable, with the last reason.
+        for server in servers:
+            await server.close()
+        with pytest.raises(BackendUnavailable):
+            await client.bindings()
+    finally:
+        await client.close()
+
+
+async def test_goes_back_to_the_first_backend_after_failback_period() -> None:
+    state = Contract()
+    server = TestServer(make_app(state), host="127.0.0.1")
+    await server.start_server()
+    spare = Contract()
+    backup = TestServer(make_app(spare), host="127.0.0.1")
+    await backup.start_server()
+    client = BackendClient([str(server.make_url("/")), str(backup.make_url("/"))], NODE, TOKEN,
+                           KEY, timeout=2.0, failback_after=0.0)
+    try:
+        state.fail_with = 503
+        await client.bindings()
+        assert client._backends.active == 1
+        state.fail_with = None
+        await client.bindings()  # the period (0 s) is over: the first is tried again
+        assert client._backends.active == 0
+    finally:
+        await client.close()
+        await server.close()
+        await backup.close()

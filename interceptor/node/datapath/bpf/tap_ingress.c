@@ -16,9 +16,9 @@
  *   TCP to 169.254.169.254:80         enabled tap -> handed to the tap's own
  *                                     listener (bpf_sk_assign) with the tap's
  *                                     mark and readdressed to 01:80:c2:00:00:02, or
- *                                     dropped if there is no listener (the
- *                                     guest's SYN retransmit recovers once the
- *                                     daemon is back); refused tap -> answered
+ *                                     answered with a RST if the tap has no
+ *                                     listener (daemon killed: fail fast);
+ *                                     refused tap -> answered
  *                                     with a RST forged here and sent straight
  *                                     back out, so the guest fails at once.
  *   anything else to 169.254.169.254  dropped (other ports, UDP, ICMP,
@@ -45,7 +45,7 @@
  * the nft datapath does (datapath/bridge.py has the whole story); the IP
  * layer then sees iif = the tap. The stack's own lookup would then find the
  * tap's listener without bpf_sk_assign (tested), but the assignment stays:
- * it is what lets the program drop when the tap has no listener, instead of
+ * it is what lets the program refuse (RST) when the tap has no listener, instead of
  * a wildcard host service on :80 getting the guest's SYN. Readdressing
  * changes nothing on a tap that is no bridge port (the stack goes by
  * pkt_type, set to HOST here), so it is done on every enabled tap: a tap
@@ -696,12 +696,24 @@ static __always_inline int assign_own_socket6(struct __sk_buff *skb, struct ipv6
 /* Steer a segment from an enabled tap to the tap's own socket (`assigned`:
  * what assign_own_socket[6] said), routed or bridged alike: readdressed to 01:80:c2:00:00:02, a bridge passes it back as
  * received on the tap (see the top of this file). */
-static __always_inline int steer(struct __sk_buff *skb, int assigned,
+static __always_inline int steer(struct __sk_buff *skb, int assigned, struct ethhdr *eth,
+                                 struct iphdr *ip, struct ipv6hdr *ip6, struct tcphdr *tcp,
                                  struct steer_target *tgt, struct tap_stats *st)
 {
     if (assigned < 0) {
         COUNT(st, no_listener);
-        return TC_ACT_SHOT;  /* daemon down: the guest's SYN retransmit recovers */
+        /* No socket on this tap (daemon killed, or its listener closed): the
+         * RST the stack would send for a closed port, straight back out, so
+         * the guest fails at once instead of retransmitting into nothing. A
+         * listener handed over across a restart (listeners.py) still exists,
+         * so restarts never get here. */
+#if MD6_COUNT > 0
+        if (ip6)
+            return send_rst6(skb, eth, ip6, tcp);
+#endif
+        if (!ip || ip->ihl * 4 != sizeof(*ip))
+            return TC_ACT_SHOT;
+        return send_rst(skb, eth, ip, tcp);
     }
     if (set_bypass_dst(skb) < 0)
         return TC_ACT_SHOT;
@@ -937,7 +949,7 @@ static __always_inline int handle_metadata6(struct __sk_buff *skb, struct ethhdr
             return TC_ACT_SHOT;
         }
     }
-    return steer(skb, assign_own_socket6(skb, ip6, &tcp), tgt, st);
+    return steer(skb, assign_own_socket6(skb, ip6, &tcp), eth, NULL, ip6, &tcp, tgt, st);
 }
 #endif
 
@@ -1060,7 +1072,7 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb, struct ethhdr *eth
             return TC_ACT_SHOT;
         }
     }
-    return steer(skb, assign_own_socket(skb, &ip, &tcp), tgt, st);
+    return steer(skb, assign_own_socket(skb, &ip, &tcp), eth, &ip, NULL, &tcp, tgt, st);
 }
 
 int tap_ingress(struct __sk_buff *skb)
