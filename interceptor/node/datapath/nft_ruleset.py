@@ -301,7 +301,7 @@ def _ip6_rules(cfg: NftConfig) -> str:
             f"    ip6 daddr {md6} iif @steered meta pkttype set host "
             f"ether daddr set {BYPASS_MAC} accept\n"
             f"    ip6 daddr {md6} meta l4proto tcp update @cnt_refused {{ iif }} {refuse}\n"
-            f"    ip6 daddr {md6} drop\n")  # noqa: S608 (nft syntax, not SQL)
+            f"    ip6 daddr {md6} drop\n")
 
 
 def reference_ruleset(cfg: NftConfig | None = None) -> str:
