@@ -295,7 +295,7 @@ def _ip6_rules(cfg: NftConfig) -> str:
     if not md6:
         return ""
     refuse = "reject with tcp reset" if cfg.netdev_reject else "drop"
-    return (f"    ip6 daddr {md6} iif @steered tcp dport {cfg.metadata_port} "
+    return (f"    ip6 daddr {md6} iif @steered tcp dport {cfg.metadata_port} "  # noqa: S608
             f"tcp dport != @alive update @cnt_refused {{ iif }} {refuse} "
             "comment \"no daemon alive: fail fast\"\n"
             f"    ip6 daddr {md6} iif @steered meta pkttype set host "
