@@ -19,7 +19,16 @@ from bench.env import NO_VM_LIMIT, UNLIMITED, bench_stack
 from bench.fleet import Fleet
 from bench.loadgen import LoadResult, crawl, fixed_rate
 from bench.netns_client import fetch, percentile
-from bench.suites_base import PATH, URL, Options, Row, verdict, wait_served
+from bench.suites_base import (
+    PATH,
+    URL,
+    URL6,
+    Options,
+    Row,
+    add_ipv6_route,
+    verdict,
+    wait_served,
+)
 from bench.suites_propagation import propagation
 from bench.suites_scale import scale
 from bench.wrk import WrkResult, wrk
@@ -52,13 +61,15 @@ async def _throughput(opts: Options, datapath: str) -> list[Row]:
         await bench.create_instances([("i-bench-tp", guest.tap)])
         await wait_served(bench, guest.netns, "i-bench-tp")
         body = (await fetch(bench.ns, guest.netns, PATH)).body
+        await add_ipv6_route(guest.netns, guest.ifname)  # the same guest over IPv6 too
         with baseline({PATH: body}) as base:
             bguest = base.guest()
             results: dict[tuple[str, bool], list[WrkResult]] = {}
             for _ in range(rounds):
                 for close in (False, True):
-                    for who, ns in (("nginx", bguest.netns), ("node", guest.netns)):
-                        r = await wrk(ns, URL, seconds=seconds, close=close)
+                    for who, ns, url in (("nginx", bguest.netns, URL), ("node", guest.netns, URL),
+                                         ("node6", guest.netns, URL6)):
+                        r = await wrk(ns, url, seconds=seconds, close=close)
                         results.setdefault((who, close), []).append(r)
         for close in (False, True):
             mode = "new connection per request" if close else "keep-alive"
@@ -77,6 +88,17 @@ async def _throughput(opts: Options, datapath: str) -> list[Row]:
                  "node_p99_ms": statistics.median(r.p99_ms for r in results[("node", close)]),
                  "nginx_p99_ms": statistics.median(r.p99_ms for r in results[("nginx", close)]),
                  "errors": errors}))
+            node6 = statistics.median(r.rps for r in results[("node6", close)])
+            errors6 = sum(r.non_2xx + r.socket_errors for r in results[("node6", close)])
+            ratio6 = node6 / node if node else 0.0
+            rows.append(Row(
+                f"cache-hit throughput over IPv6 [fd00:ec2::254], {mode} ({datapath})",
+                f"{node6:,.0f} req/s vs IPv4 {node:,.0f} req/s = {ratio6:.2f}x"
+                + (f" ({errors6} errors)" if errors6 else ""),
+                "(info: ratio to IPv4, same run and guest)",
+                "INFO" if errors6 == 0 else "FAIL",
+                {"node6_rps": node6, "node_rps": node, "ratio_to_ipv4": ratio6,
+                 "errors": errors6}))
         rows.append(Row(
             f"new connections/s with the default per-tap SYN limit ({datapath})",
             f"{defaults_close.rps:,.0f} req/s, {defaults_close.socket_errors} socket errors",

@@ -11,6 +11,7 @@ from bench.env import Bench
 from bench.netns_client import fetch, now
 
 URL = "http://169.254.169.254/latest/meta-data/instance-id"
+URL6 = "http://[fd00:ec2::254]/latest/meta-data/instance-id"
 PATH = "/latest/meta-data/instance-id"
 
 
@@ -50,3 +51,22 @@ async def wait_served(bench: Bench, netns: str, iid: str, timeout: float = 20.0)
             last = type(exc).__name__
         await asyncio.sleep(0.01)
     raise TimeoutError(f"{netns} not served {iid} within {timeout}s (last: {last})")
+
+
+async def add_ipv6_route(netns: str, ifname: str, timeout: float = 10.0) -> None:
+    """An on-link route to fd00:ec2::254 in the guest, once its link-local
+    address has left duplicate address detection (bounded)."""
+    async def run(*args: str) -> str:
+        proc = await asyncio.create_subprocess_exec(
+            "ip", "netns", "exec", netns, *args, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT)
+        out, _ = await proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(args)} in {netns}: {out.decode().strip()}")
+        return out.decode()
+    await run("ip", "-6", "route", "replace", "fd00:ec2::254/128", "dev", ifname)
+    deadline = asyncio.get_running_loop().time() + timeout
+    while await run("ip", "-6", "addr", "show", "dev", ifname, "tentative"):
+        if asyncio.get_running_loop().time() > deadline:
+            raise RuntimeError(f"{netns}: {ifname} still tentative after {timeout}s")
+        await asyncio.sleep(0.1)

@@ -118,6 +118,7 @@ class NodeDaemon:
             latches.check()
             taps = TapManager(datapath, server, disabled_action=cfg.disabled_action,
                               address=cfg.metadata_address, port=cfg.metadata_port,
+                              addresses6=tuple(cfg.metadata_address6),
                               on_instances_changed=forgetter.served,
                               latch_store=latches, metrics=self.metrics,
                               open_listener=listeners.open,

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from interceptor.common.config import opt, required
 from interceptor.common.errors import ConfigError
 from interceptor.common.logsetup import LOG_FORMATS
+from interceptor.node.datapath.base import METADATA_ADDRESSES6
 from interceptor.node.datapath.contract import (
     DEFAULT_TAP_PATTERNS,
     DatapathConfig,
@@ -34,6 +35,9 @@ class NodeConfig:
         "interface name patterns the daemon manages (fail closed); a name, optionally ending in *")
     metadata_address: str = opt("169.254.169.254", "address guests ask")
     metadata_port: int = opt(80, "TCP port guests ask")
+    metadata_address6: list[str] = opt(
+        list(METADATA_ADDRESSES6),
+        "IPv6 addresses guests ask (EC2's, OpenStack's link-local); [] turns IPv6 off")
     operator_host: str = opt("127.0.0.1", "operator listener (metrics, health)")
     operator_port: int = opt(9100, "operator listener port; 0 disables")
     disabled_action: str = opt(
@@ -43,7 +47,7 @@ class NodeConfig:
         300.0, "seconds a document may be served past its TTL while the backend is down")
     token_secret: str | None = opt(
         None, "secret for EC2 session tokens (random per start when unset)")
-    token_hop_limit: int = opt(1, "IP TTL of EC2 token responses")
+    token_hop_limit: int = opt(1, "IP TTL / IPv6 hop limit of EC2 token responses")
     host_allow_udp: list[str] = opt(
         [], "UDP ports guests may reach on this host (e.g. 67 when it runs their DHCP)")
     host_allow_tcp: list[str] = opt([], "TCP ports guests may reach on this host")

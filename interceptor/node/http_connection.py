@@ -355,7 +355,7 @@ class GuestConnection:
         # override is restored only once every byte is acknowledged; until then
         # later responses on this connection also leave with this TTL.
         try:
-            self._sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+            self._sock.setsockopt(*_hop_option(self._sock), ttl)
             self._ttl_override = True
         except OSError as exc:
             log.warning("cannot set IP TTL on a guest connection: %s", exc)
@@ -366,7 +366,7 @@ class GuestConnection:
         try:
             raw = fcntl.ioctl(self._fd, _SIOCOUTQ, b"\0\0\0\0")
             if struct.unpack("i", raw)[0] == 0:
-                self._sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, -1)  # route default
+                self._sock.setsockopt(*_hop_option(self._sock), -1)  # route default
                 self._ttl_override = False
         except OSError as exc:
             log.warning("cannot restore IP TTL on a guest connection: %s", exc)
@@ -396,3 +396,10 @@ class GuestConnection:
         """Close now if idle; otherwise after the in-flight response."""
         if not self._busy:
             self._close()
+
+
+def _hop_option(sock: socket.socket) -> tuple[int, int]:
+    """IPv4 TTL or IPv6 unicast hop limit: whichever the guest connected over."""
+    if sock.family == socket.AF_INET6:
+        return socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS
+    return socket.IPPROTO_IP, socket.IP_TTL

@@ -127,12 +127,16 @@ class GuestHttpServer:
         sock.setblocking(False)
         sock.listen(backlog)
         listener = GuestListener(identity, sock, expected_mark)
+        # One tap, one connection limit: its IPv4 and IPv6 listeners share the set.
+        sibling = next((o for o in self._listeners if o.identity == identity), None)
+        if sibling is not None:
+            listener.connections = sibling.connections
         self._listeners.add(listener)
         self._start_accepting(listener)
         if self._sweep_handle is None:
             self._sweep_handle = loop.call_later(_SWEEP_INTERVAL, self._sweep)
         if self.metrics is not None:
-            self.metrics.managed_taps.set(len(self._listeners))
+            self.metrics.managed_taps.set(len({o.identity for o in self._listeners}))
         return listener
 
     def _start_accepting(self, listener: GuestListener) -> None:
@@ -193,7 +197,7 @@ class GuestHttpServer:
         for conn in list(listener.connections):
             conn.abort()
         if self.metrics is not None:
-            self.metrics.managed_taps.set(len(self._listeners))
+            self.metrics.managed_taps.set(len({o.identity for o in self._listeners}))
         await asyncio.sleep(0)  # let cancelled request tasks unwind
 
     def listeners(self) -> list[GuestListener]:

@@ -21,7 +21,7 @@ import asyncio
 import errno
 import logging
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from interceptor.node.backend_client import Binding
@@ -30,6 +30,7 @@ from interceptor.node.datapath.listeners import (
     TapGoneError,
     TapListenerError,
     open_tap_listener,
+    open_tap_listener6,
 )
 from interceptor.node.desired_state import REASONS, Desired, Latches, Link, desired_taps
 from interceptor.node.http_server import GuestHttpServer, GuestListener, TapIdentity
@@ -46,6 +47,11 @@ RETRY_MAX_S = 30.0
 class _Served:
     identity: TapIdentity
     listener: GuestListener
+    listeners6: tuple[GuestListener, ...] = ()  # one per IPv6 metadata address
+
+    @property
+    def all(self) -> tuple[GuestListener, ...]:
+        return (self.listener, *self.listeners6)
 
 
 class TapManager:
@@ -58,6 +64,8 @@ class TapManager:
                  latch_store: LatchStore | None = None,
                  metrics: NodeMetrics | None = None,
                  ifindex_of: Callable[[str], int] | None = socket.if_nametoindex,
+                 addresses6: Sequence[str] = (),
+                 open_listener6: Callable[[str, str, int], socket.socket] = open_tap_listener6,
                  on_listener_released: Callable[[str], None] | None = None) -> None:
         self._datapath = datapath
         self._server = server
@@ -66,6 +74,8 @@ class TapManager:
         self._port = port
         self._on_instances_changed = on_instances_changed
         self._open_listener = open_listener
+        self._addresses6 = tuple(addresses6)
+        self._open_listener6 = open_listener6
         self._ifindex_of = ifindex_of
         # Restart hand-over (datapath/listeners.py ListenerStore): told when a
         # tap's listener is closed for good; not at daemon exit, where the
@@ -198,18 +208,25 @@ class TapManager:
             if served is not None and served.identity == identity:
                 continue
             if served is not None:  # rebound or recreated: never reuse the old identity
-                await self._server.remove_listener(served.listener)
+                await self._remove(served)
                 del self._served[name]
                 self._released(name)
+            socks: list[socket.socket] = []
+            listeners: list[GuestListener] = []
             try:
-                sock = self._open_listener(name, self._address, self._port)
+                socks.append(self._open_listener(name, self._address, self._port))
+                socks += [self._open_listener6(name, a, self._port) for a in self._addresses6]
                 # The name may now belong to another tap than the one we saw
                 # (deleted and recreated in between): never serve that one.
                 if self._ifindex_of is not None and self._ifindex_of(name) != tap.ifindex:
-                    sock.close()
                     raise TapGoneError(f"listener: {name} was recreated meanwhile")
-                listener = await self._server.add_listener(sock, identity)
+                for sock in socks:
+                    listeners.append(await self._server.add_listener(sock, identity))
             except (TapListenerError, OSError) as exc:
+                for listener in listeners:  # all of the tap's listeners or none
+                    await self._server.remove_listener(listener)
+                for sock in socks[len(listeners):]:
+                    sock.close()
                 reason = _reason(exc)
                 failed[name] = reason
                 if self._metrics is not None:
@@ -218,7 +235,7 @@ class TapManager:
                     log.warning("tap %s: cannot listen (%s), refusing it and retrying: %s",
                                 name, reason, exc)
                 continue
-            self._served[name] = _Served(identity, listener)
+            self._served[name] = _Served(identity, listeners[0], tuple(listeners[1:]))
             log.info("tap %s (ifindex %d) serves instance %s", name, tap.ifindex,
                      tap.instance_id)
         return failed
@@ -230,7 +247,7 @@ class TapManager:
             if identity == self._served[name].identity:
                 continue
             served = self._served.pop(name)
-            await self._server.remove_listener(served.listener)
+            await self._remove(served)
             self._released(name)
             log.info("tap %s no longer serves instance %s", name, served.identity.instance_id)
 
@@ -245,8 +262,12 @@ class TapManager:
         if self._retry_task is not None:
             self._retry_task.cancel()
         for served in self._served.values():
-            await self._server.remove_listener(served.listener)
+            await self._remove(served)
         self._served.clear()
+
+    async def _remove(self, served: _Served) -> None:
+        for listener in served.all:
+            await self._server.remove_listener(listener)
 
 
 

@@ -12,13 +12,21 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import sys
 import tempfile
 from typing import Any
 
 from cloudinit import distros, helpers, user_data
 
-METADATA_URL = "http://169.254.169.254"
+METADATA_URL = os.environ.get("CI_METADATA_URL", "http://169.254.169.254")
+"""Where the crawl goes: ``CI_METADATA_URL`` when set (the IPv6 tests);
+"cloud-init" leaves the datasource's own default list in place."""
+
+
+def metadata_urls() -> dict[str, list[str]]:
+    """The ``metadata_urls`` datasource setting for :data:`METADATA_URL`."""
+    return {} if METADATA_URL == "cloud-init" else {"metadata_urls": [METADATA_URL]}
 
 
 def setup_logging() -> None:

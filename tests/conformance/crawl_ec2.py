@@ -15,7 +15,15 @@ from __future__ import annotations
 
 import sys
 
-from ci_client import METADATA_URL, b64, emit, environment, setup_logging, tempdir, userdata_parts
+from ci_client import (
+    b64,
+    emit,
+    environment,
+    metadata_urls,
+    setup_logging,
+    tempdir,
+    userdata_parts,
+)
 from cloudinit.sources import DataSourceEc2
 
 
@@ -23,7 +31,7 @@ def main(mode: str, max_wait: int) -> None:
     setup_logging()
     with tempdir() as tmp:
         paths, distro = environment(tmp)
-        sys_cfg = {"datasource": {"Ec2": {"metadata_urls": [METADATA_URL], "max_wait": max_wait,
+        sys_cfg = {"datasource": {"Ec2": {**metadata_urls(), "max_wait": max_wait,
                                           "timeout": 3, "strict_id": "warn"}}}
         ds = DataSourceEc2.DataSourceEc2(sys_cfg, distro, paths)
         ds._cloud_name = (DataSourceEc2.CloudNames.AWS if mode == "token"
@@ -41,6 +49,7 @@ def main(mode: str, max_wait: int) -> None:
         emit({
             "ok": True,
             "api_version": ds._crawled_metadata.get("_metadata_api_version"),
+            "metadata_address": ds.metadata_address,
             "had_token": bool(ds._api_token),
             "instance_id": ds.get_instance_id(),
             "hostname": ds.get_hostname().hostname,

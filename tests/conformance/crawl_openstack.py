@@ -12,7 +12,15 @@ DMI platform check is bypassed (a namespace cannot fake DMI).
 
 from __future__ import annotations
 
-from ci_client import b64, emit, environment, setup_logging, tempdir, userdata_parts
+from ci_client import (
+    b64,
+    emit,
+    environment,
+    metadata_urls,
+    setup_logging,
+    tempdir,
+    userdata_parts,
+)
 from cloudinit.sources import DataSourceOpenStack
 
 
@@ -22,7 +30,7 @@ def main() -> None:
     with tempdir() as tmp:
         paths, distro = environment(tmp)
         sys_cfg = {"datasource_list": ["OpenStack"],
-                   "datasource": {"OpenStack": {"metadata_urls": ["http://169.254.169.254"],
+                   "datasource": {"OpenStack": {**metadata_urls(),
                                                 "max_wait": 10, "timeout": 3, "retries": 1}}}
         ds = DataSourceOpenStack.DataSourceOpenStack(sys_cfg, distro, paths)
         ok = ds._get_data()
@@ -32,6 +40,7 @@ def main() -> None:
         emit({
             "ok": True,
             "version": ds.version,
+            "metadata_address": ds.metadata_address,
             "instance_id": ds.get_instance_id(),
             "hostname": ds.get_hostname().hostname,
             "public_keys": sorted(ds.get_public_ssh_keys()),

@@ -35,9 +35,12 @@ def vendor_target(netns: str, port: int, mode: str, token: str) -> Iterator[None
         stop(proc)  # closes stdin (the stub exits), then waits, kills
 
 
-def crawl(guest: Guest, script: str, *args: str, timeout: float = 60.0) -> dict[str, Any]:
-    """Run ``tests/conformance/<script>`` with the system Python in the guest."""
-    r = guest.run([SYSTEM_PYTHON, str(HERE / script), *args], timeout=timeout)
+def crawl(guest: Guest, script: str, *args: str, timeout: float = 60.0,
+          url: str | None = None) -> dict[str, Any]:
+    """Run ``tests/conformance/<script>`` with the system Python in the guest
+    (against ``url`` when given, see ci_client.METADATA_URL)."""
+    env = ["env", f"CI_METADATA_URL={url}"] if url else []
+    r = guest.run([*env, SYSTEM_PYTHON, str(HERE / script), *args], timeout=timeout)
     if r.returncode != 0 or not r.stdout.strip():
         raise AssertionError(f"{script} {args} failed ({r.returncode}):\n"
                              f"{r.stdout[-3000:]}\n{r.stderr[-6000:]}")

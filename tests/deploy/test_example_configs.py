@@ -16,7 +16,7 @@ from interceptor.common.config import load
 from interceptor.node.config import NodeConfig
 
 CONFIG_DIR = Path(__file__).parents[2] / "deploy" / "config"
-_KEY = re.compile(r"^([a-z_]+)\s*=")
+_KEY = re.compile(r"^([a-z_][a-z0-9_]*)\s*=")
 
 # Options whose example value is a placeholder or a deployment choice, not the default.
 PLACEHOLDERS = {

@@ -23,7 +23,12 @@ from typing import Any, TypeVar
 
 from interceptor.node.datapath.base import Datapath, TapState
 from interceptor.node.datapath.links import Links, LinkWatcher
-from interceptor.node.datapath.listeners import listener_device, open_tap_listener, socket_mark
+from interceptor.node.datapath.listeners import (
+    listener_device,
+    open_tap_listener,
+    open_tap_listener6,
+    socket_mark,
+)
 
 T = TypeVar("T")
 
@@ -148,6 +153,12 @@ class DatapathNode:
             found.append(f"ip rules {rules}")
         if _cmd(["ip", "route", "show", "table", "4711"]).strip():
             found.append("routes in table 4711")
+        rules6 = _cmd(["ip", "-6", "rule"]).splitlines()
+        if len(rules6) != 2:  # local, main
+            found.append(f"ip -6 rules {rules6}")
+        for table in ("4711", "4712"):
+            if _cmd(["ip", "-6", "route", "show", "table", table]).strip():
+                found.append(f"IPv6 routes in table {table}")
         from interceptor.node.datapath.ebpf import EbpfDatapath
         if isinstance(self.dp, EbpfDatapath):
             if self.dp.cfg.pin_dir.exists():
@@ -173,23 +184,26 @@ class DatapathNode:
     # -- listeners and host services ---------------------------------------------
 
     def listen(self, ifname: str) -> None:
-        """The tap's listener on the configured metadata address and port."""
+        """The tap's listeners on the configured metadata address and port
+        (IPv4, and IPv6 when the datapath serves IPv6 addresses)."""
         self.unlisten(ifname)
         cfg = getattr(self.dp, "cfg", None)
-        if cfg is None:
-            sock = open_tap_listener(ifname)
-        else:
-            sock = open_tap_listener(ifname, cfg.metadata_address, cfg.metadata_port)
-
-        async def start() -> asyncio.Server:
-            return await self.loop.create_server(_Answer, sock=sock)
-        self.servers[ifname] = self._run(start())
+        socks = {ifname: open_tap_listener(ifname) if cfg is None else
+                 open_tap_listener(ifname, cfg.metadata_address, cfg.metadata_port)}
+        if cfg is not None:
+            for i, address in enumerate(cfg.metadata_address6):
+                socks[f"{ifname}/6{i}"] = open_tap_listener6(ifname, address, cfg.metadata_port)
+        for key, sock in socks.items():
+            async def start(sock: socket.socket = sock) -> asyncio.Server:
+                return await self.loop.create_server(_Answer, sock=sock)
+            self.servers[key] = self._run(start())
 
     def unlisten(self, ifname: str) -> None:
-        server = self.servers.pop(ifname, None)
-        if server is not None:
-            server.close()
-            self._run(server.wait_closed())
+        for key in (ifname, f"{ifname}/60", f"{ifname}/61"):
+            server = self.servers.pop(key, None)
+            if server is not None:
+                server.close()
+                self._run(server.wait_closed())
 
     def listen_error(self, ifname: str) -> str:
         try:
@@ -284,7 +298,7 @@ class DatapathNode:
         if self.watcher is not None:
             self.unwatch()
         for name in list(self.servers):
-            self.unlisten(name)
+            self.unlisten(name.split("/")[0])
         for transport in self.datagrams:
             self.loop.call_soon_threadsafe(transport.close)
         self.loop.call_soon_threadsafe(self.loop.stop)

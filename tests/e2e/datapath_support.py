@@ -154,3 +154,41 @@ def guest_reaches_allowed_port(topology: Topology, node: NetnsRpc, guest: Guest)
     proc = guest.curl(f"http://{guest.gateway}:{HOST_PORT}/", max_time=2)
     assert proc.stdout.startswith("host"), proc.stderr
     assert node.call("host_accepts", f"0.0.0.0:{HOST_PORT}") == 1
+
+
+# -- IPv6 guests (test_datapath_ipv6.py, the IPv6 product and cloud-init tests) --
+
+EC2 = "fd00:ec2::254"
+LL = "fe80::a9fe:a9fe"
+GLOBAL_GW = "fe80::1"  # the node's address on a routed tap / the bridge, as a router's
+
+
+def url(address: str, guest: Guest) -> str:
+    host = f"{address}%25{guest.ifname}" if address.startswith("fe80:") else address
+    return f"http://[{host}]/latest/meta-data/"
+
+
+def v6_guest(topology: Topology, *, mode: str, bridge: str | None = None,
+             address: str | None = None, mac: str | None = None) -> Guest:
+    """A guest with IPv6 only (its IPv4 address removed): ``mode`` "ll" has
+    only its link-local address and an on-link route to fd00:ec2::254;
+    "global" has ``address`` (a /64) and a default route via the node."""
+    guest = topology.add_guest(bridge=bridge, mac=mac)
+    guest.run(["ip", "-4", "addr", "flush", "dev", guest.ifname], check=True)
+    if mode == "ll":
+        guest.run(["ip", "-6", "route", "add", f"{EC2}/128", "dev", guest.ifname], check=True)
+    else:
+        assert address
+        guest.run(["ip", "-6", "addr", "add", address, "dev", guest.ifname, "nodad"],
+                  check=True)
+        guest.run(["ip", "-6", "route", "add", "default", "via", GLOBAL_GW, "dev",
+                   guest.ifname], check=True)
+        on = bridge or guest.tap
+        have = sh(["ip", "-6", "addr", "show", "dev", on], netns=topology.node).stdout
+        if GLOBAL_GW not in have:
+            sh(["ip", "-6", "addr", "add", f"{GLOBAL_GW}/64", "dev", on, "nodad"],
+               netns=topology.node)
+        # The routed network's job: a route to the guest's prefix via its tap.
+        prefix = address.rsplit(":", 1)[0] + ":/64"
+        sh(["ip", "-6", "route", "replace", prefix, "dev", on], netns=topology.node)
+    return guest

@@ -68,3 +68,23 @@ def test_per_tap_connection_limit_in_the_kernel(topology: Topology, nodes: Nodes
     assert guest_connects(a, 5, hold=True) == 3  # the 4th and 5th SYN are dropped
     assert counter(node, a.tap, "conn_limited") >= 2
     assert guest_connects(b, 3, hold=True) == 3  # another tap has its own budget
+
+
+GUEST_CONNECT6 = GUEST_CONNECT.replace("socket.socket()", "socket.socket(socket.AF_INET6)") \
+    .replace('("169.254.169.254", 80)', '("fd00:ec2::254", 80)')
+
+
+def test_per_tap_syn_rate_limit_holds_across_both_families(topology: Topology,
+                                                           nodes: Nodes) -> None:
+    """One SYN budget per tap: IPv6 SYNs draw from the same bucket as IPv4."""
+    from tests.e2e.datapath_support import v6_guest, wait_no_tentative
+    node = nodes.start(syn_rate_per_s=1, syn_burst=5)
+    a = v6_guest(topology, mode="ll")
+    b = v6_guest(topology, mode="ll")
+    steer(node, a, b)
+    wait_no_tentative(topology, a, b)
+    out = a.run(["python3", "-c", GUEST_CONNECT6, "10", "close"], timeout=30, check=True)
+    assert int(out.stdout) <= 6
+    assert counter(node, a.tap, "syn_rate_limited") >= 4
+    out = b.run(["python3", "-c", GUEST_CONNECT6, "3", "close"], timeout=30, check=True)
+    assert int(out.stdout) == 3  # the flood on a did not hurt b

@@ -3,6 +3,7 @@ tap device reads its own metadata through the node daemon — both datapaths."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -47,3 +48,19 @@ def test_qemu_guest_prints_its_instance_id(stack: ProductStack, route: str, taps
         assert result.body("/latest/meta-data/hostname") == b"qemu-vm"
         assert result.body("/latest/meta-data/public-keys/0/openssh-key").startswith(
             b"ssh-ed25519 ")
+
+
+def test_ipv6_only_qemu_guest_reads_from_fd00_ec2_254(stack: ProductStack) -> None:
+    """No IPv4 in the guest: eth0 has its link-local address only, an on-link
+    route to fd00:ec2::254, and the node's neighbour advertisement is all it
+    needs to reach the service."""
+    with tap_device(stack.netns, name=f"tap{stack.topo.prefix}") as tap:
+        stack.create_instance("i-qemu-v6", hostname="qemu-v6", ifname=tap,
+                              keys={"ops": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIQemu ops@x"})
+        args: dict[str, object] = {"ip": "none", "route": "ip6onlink", "host": "fd00:ec2::254",
+                                   "paths": ["/latest/meta-data/instance-id"]}
+        result = boot_guest(stack.netns, tap, random_mac(), args, timeout=120)  # type: ignore[arg-type]
+        assert result.completed, result.tail()
+        assert result.body("/latest/meta-data/instance-id") == b"i-qemu-v6", result.tail()
+        assert result.net_ok and "fe80:" in result.net_detail, result.net_detail
+        assert not re.search(r"\d+\.\d+\.\d+\.\d+", result.net_detail)  # no IPv4 at all

@@ -11,11 +11,12 @@
 #                                     on imd.port_dev=/dev/ttyS1 and print each answer line;
 #                                     a code CLOUDSIGMA/KEY sends the CloudSigma request
 #                                     "<\n/KEY\n>" instead (CLOUDSIGMA alone: the whole context)
-#   imd.ip=10.0.0.2/24        address of eth0
+#   imd.ip=10.0.0.2/24        address of eth0; "none": no IPv4 at all (IPv6 only)
 #   imd.gw=10.0.0.1           gateway for imd.route=default
 #   imd.route=onlink          onlink    : 169.254.169.254/32 dev eth0 (guest ARPs for it)
 #                             linklocal : 169.254.0.0/16 dev eth0
 #                             default   : default via imd.gw (guest ARPs for the gateway)
+#                             ip6onlink : fd00:ec2::254/128 dev eth0 (guest solicits it)
 #                             none      : no route added
 #   imd.paths=/a,/b           GET each path, in order
 #   imd.token=21600           first PUT /latest/api/token (IMDSv2) and send the
@@ -163,8 +164,13 @@ if [ ! -e /sys/class/net/eth0 ]; then
   finish
 fi
 ip link set lo up
+# IPv6: no duplicate address detection, so the link-local address is usable
+# at once (the test's only guest on the link).
+echo 0 > /proc/sys/net/ipv6/conf/eth0/accept_dad 2>/dev/null
 ip link set eth0 up
-if [ -z "$ip" ] || ! ip addr add "$ip" dev eth0; then
+if [ "$ip" = "none" ]; then
+  :
+elif [ -z "$ip" ] || ! ip addr add "$ip" dev eth0; then
   echo "IMDNET fail address '$ip'"
   finish
 fi
@@ -172,10 +178,17 @@ case "$route" in
   onlink) ip route add 169.254.169.254/32 dev eth0 ;;
   linklocal) ip route add 169.254.0.0/16 dev eth0 ;;
   default) ip route add default via "$gw" dev eth0 ;;
+  ip6onlink)
+    ip -6 route add fd00:ec2::254/128 dev eth0
+    # The link-local source address appears once the link is up (bounded, 5 s).
+    n=0
+    while ! ip -6 addr show dev eth0 | grep -q 'inet6 fe80' && [ $n -lt 50 ]; do
+      sleep 0.1; n=$((n + 1))
+    done ;;
   none) ;;
   *) echo "IMDNET fail route '$route'"; finish ;;
 esac
-echo "IMDNET ok $(ip -o -4 addr show dev eth0 | awk '{print $4}') $(ip route | tr '\n' ';')"
+echo "IMDNET ok $(ip -o addr show dev eth0 | awk '{print $4}' | tr '\n' ' ')$(ip route | tr '\n' ';') $(ip -6 route | tr '\n' ';')"
 
 token=""
 

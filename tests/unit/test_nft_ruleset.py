@@ -98,6 +98,10 @@ def test_zero_limits_mean_no_limit() -> None:
     {"table": "bad name"}, {"patterns": ("ta*p",)}, {"patterns": ("x" * 20,)},
     {"arp_reply_mac": "zz:00:00:00:00:00"}, {"metadata_address": "1.2.3"},
     {"metadata_port": 0}, {"syn_rate_per_s": -1}, {"input_allow_tcp": (70000,)},
+    {"metadata_address": "fd00:ec2::254"}, {"metadata_address6": ("169.254.169.254",)},
+    {"metadata_address6": ("ff02::1",)}, {"metadata_address6": ("::",)},
+    {"metadata_address6": ("fd00:ec2::254", "FD00:EC2::254")},
+    {"metadata_address6": ("fd00::1", "fd00::2", "fd00::3")}, {"route_table": 252},
 ])
 def test_bad_config_is_a_config_error(kwargs: dict[str, object]) -> None:
     with pytest.raises(ConfigError, match=r"^config: "):
@@ -336,3 +340,68 @@ def test_sync_warns_once_per_unsteerable_tap(monkeypatch: pytest.MonkeyPatch,
     assert len(warnings) == 1 and "tap tap1 is not steered" in warnings[0]
     assert dp.unsteerable() == {"tap1": same.unsteerable()}
     assert "steered { 11 }" not in "".join(batches)
+
+
+def test_ipv6_rules_per_address_and_off_when_empty() -> None:
+    cfg = NftConfig()
+    assert cfg.metadata_address6 == ("fd00:ec2::254", "fe80::a9fe:a9fe")
+    text = render_ruleset(cfg) + render_ingress_chain(cfg, 0, ["tap1"])
+    for a in cfg.metadata_address6:  # one listener per address: one tproxy each
+        assert f"ip6 daddr {a} tcp dport 80 meta mark set iif map @vm_mark" in text
+        assert f"tproxy ip6 to [{a}]:80 accept" in text
+    assert "ip6 daddr { fd00:ec2::254, fe80::a9fe:a9fe } meta l4proto tcp " in text
+    # NDP: one answer rule per (target, multicast or unicast destination).
+    assert text.count("icmpv6 type set nd-neighbor-advert") == 4
+    assert "ip6 daddr ff02::1:ff00:254 " in text and "ip6 daddr ff02::1:fffe:a9fe " in text
+    off = NftConfig(metadata_address6=())
+    text = render_ruleset(off) + render_ingress_chain(off, 0, ["tap1"])
+    assert "ip6 daddr" not in text.replace("ip6 daddr set", "") and "icmpv6" not in text
+    assert NftConfig(metadata_address6=("FD00:EC2:0::254",)).metadata_address6 == (
+        "fd00:ec2::254",)
+
+
+def _ones(data: bytes) -> int:
+    total = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def _icmp6_ok(src: bytes, dst: bytes, icmp: bytes) -> bool:
+    pseudo = src + dst + struct.pack("!I3xB", len(icmp), 58)
+    return _ones(pseudo + icmp) == 0xFFFF
+
+
+@pytest.mark.parametrize("unicast", [False, True])
+def test_ndp_rewrite_keeps_the_checksum_right(unicast: bool) -> None:
+    """Replays the rule's writes on a solicitation the way the kernel does
+    (incremental checksum updates for the address and type writes only) and
+    checks the advertisement's checksum."""
+    import ipaddress
+    target = ipaddress.IPv6Address("fd00:ec2::254")
+    guest = ipaddress.IPv6Address("fe80::5054:ff:fe12:3456").packed
+    gmac = bytes.fromhex("525400123456")
+    mac = bytes.fromhex(NftConfig().arp_reply_mac.replace(":", ""))
+    dst = target if unicast else nft_ruleset._solicited_node(str(target))
+    ns = bytearray(bytes([135, 0, 0, 0]) + bytes(4) + target.packed + bytes([1, 1]) + gmac)
+    csum = 0xFFFF ^ _ones(guest + dst.packed + struct.pack("!I3xB", 32, 58) + bytes(ns))
+    ns[2:4] = csum.to_bytes(2, "big")
+    assert _icmp6_ok(guest, dst.packed, bytes(ns))
+
+    def update(old: bytes, new: bytes) -> None:  # RFC 1624, as nft's csum write
+        c = int.from_bytes(ns[2:4], "big")
+        total = (0xFFFF ^ c) + (0xFFFF ^ _ones(old)) + _ones(new)
+        while total >> 16:
+            total = (total & 0xFFFF) + (total >> 16)
+        ns[2:4] = (0xFFFF ^ total).to_bytes(2, "big")
+
+    filler = nft_ruleset._checksum_filler(dst, NftConfig().arp_reply_mac)
+    daddr = gmac + int(filler, 16).to_bytes(10, "big")  # raw: no update
+    update(daddr, guest)  # ip6 daddr set ip6 saddr
+    update(guest, target.packed)  # ip6 saddr set <target>
+    update(bytes([135, 0]), bytes([136, 0]))  # icmpv6 type set
+    ns[0] = 136
+    ns[4:8] = bytes.fromhex("60000000")  # raw writes: no update
+    ns[24] = 2
+    ns[26:32] = mac
+    assert _icmp6_ok(target.packed, guest, bytes(ns))

@@ -17,8 +17,13 @@ from interceptor.node.datapath.routing import (
 )
 
 
-def test_rules_are_constant_and_exclude_local_traffic() -> None:
-    rules = PolicyRouting(table=4711, pref=900)._rules()
+@pytest.mark.parametrize("family", [2, 10])
+def test_rules_are_constant_and_exclude_local_traffic(family: int) -> None:
+    routing = PolicyRouting(table=4711, pref=900, ipv6=True)
+    assert routing.families == (2, 10)
+    assert PolicyRouting(table=4711, pref=900).families == (2,)
+    rules = routing._rules(family)
+    assert {r["family"] for r in rules} == {family}
     assert [r["priority"] for r in rules] == [900, 901, 902]
     skip, lookup, nop = rules
     assert skip["iifname"] == "lo" and skip["action"] == FR_ACT_GOTO and skip["goto"] == 902

@@ -19,6 +19,9 @@ from typing import Protocol
 
 METADATA_ADDRESS = "169.254.169.254"
 METADATA_PORT = 80
+METADATA_ADDRESSES6 = ("fd00:ec2::254", "fe80::a9fe:a9fe")
+"""IPv6 metadata addresses: EC2's for IPv6-only instances (cloud-init's EC2
+reader tries it) and OpenStack's link-local one."""
 DEFAULT_TABLE = 4711  # policy routing (routing.py)
 DEFAULT_PREF = 1000
 

@@ -18,8 +18,9 @@ past the link-local test), so ``bridge-nf-call-iptables=1`` does not matter.
 
 Two kinds of frame are readdressed, both only from steered taps:
 
-* IPv4 to the metadata address (the guest's TCP to the proxy);
-* ARP replies addressed to the tap's own MAC (``pkttype host`` on the tap):
+* IPv4 or IPv6 to a metadata address (the guest's TCP to the proxy);
+* ARP replies and IPv6 neighbour advertisements addressed to the tap's own
+  MAC (``pkttype host`` on the tap):
   answers to the neighbour resolution the host does *on the tap* for its
   replies. Without this the answer would reach the bridge, the tap's
   neighbour entry would stay incomplete and the SYN-ACK would never leave.
@@ -48,7 +49,7 @@ changes nothing on a routed tap, where the stack goes by ``pkt_type``), so a
 tap enslaved between two syncs is served at once; nft's ingress rules do the
 same.
 
-Only untagged IPv4 is readdressed: a guest that sends 802.1Q-tagged frames
+Only untagged frames are readdressed: a guest that sends 802.1Q-tagged frames
 on a trunk port reaches the bridge's VLANs as before (neither steered nor
 refused), as with any other traffic it tags.
 

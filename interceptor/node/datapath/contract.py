@@ -21,9 +21,15 @@ both, so that ``nft.py`` and ``ebpf.py`` hold only what is kernel specific:
   exported as ``interceptor_node_datapath_<metric>_total`` (operator.py);
   each datapath lists the ones its kernel side counts (``Datapath.counted``).
 
-Address families: everything here is IPv4 today. The family is checked in
-one place (:meth:`DatapathConfig.__post_init__`); IPv6 adds a second
-metadata address here and the per-family rules in the datapaths.
+Address families: ``metadata_address`` is IPv4, ``metadata_address6`` the
+IPv6 addresses (default :data:`base.METADATA_ADDRESSES6`, empty = no IPv6).
+Both families are checked in one place (:meth:`DatapathConfig.__post_init__`)
+and mean the same per tap: steered to the tap's listener of that address
+(one per metadata address and tap, ``listeners.py``), refused with a RST,
+neighbour answers (ARP; NDP neighbour advertisements with
+:data:`ARP_REPLY_MAC`) only on steered taps (or on any managed tap with
+``arp_when_refused``), the same limits (one SYN meter and one connection
+count per tap across both families).
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from interceptor.node.datapath.base import (
     DEFAULT_PREF,
     DEFAULT_TABLE,
     METADATA_ADDRESS,
+    METADATA_ADDRESSES6,
     METADATA_PORT,
     TapState,
 )
@@ -120,6 +127,7 @@ class DatapathConfig:
     """
 
     metadata_address: str = METADATA_ADDRESS
+    metadata_address6: tuple[str, ...] = METADATA_ADDRESSES6  # () = no IPv6
     metadata_port: int = METADATA_PORT  # also the per-tap listeners' port
     patterns: tuple[str, ...] = DEFAULT_TAP_PATTERNS
     syn_rate_per_s: int = 20  # per tap; 0 = no limit
@@ -143,8 +151,10 @@ class DatapathConfig:
         except ValueError:
             raise ConfigError(
                 f"config: invalid metadata address {self.metadata_address!r}") from None
-        if addr.version != 4:  # the one place an IPv6 address family starts from
-            raise ConfigError("config: the metadata address must be IPv4")
+        if addr.version != 4:
+            raise ConfigError("config: the metadata address must be IPv4 "
+                              "(IPv6 ones go in metadata_address6)")
+        object.__setattr__(self, "metadata_address6", check_address6(self.metadata_address6))
         _check_port("metadata_port", self.metadata_port)
         for p in self.input_allow_udp:
             _check_port("host_allow_udp", p)
@@ -154,7 +164,8 @@ class DatapathConfig:
         if not MAC_RE.match(self.arp_reply_mac) or int(self.arp_reply_mac[:2], 16) & 1:
             raise ConfigError(f"config: invalid ARP reply MAC {self.arp_reply_mac!r} "
                               "(lower-case unicast, like 02:a9:fe:a9:fe:00)")
-        if not 0 < self.route_table < 0xFFFFFFFF or self.route_table in (253, 254, 255):
+        # route_table + 1 holds the IPv6 reply routes (routing.py).
+        if not 0 < self.route_table < 0xFFFFFFFE or self.route_table in (252, 253, 254, 255):
             raise ConfigError(f"config: route_table {self.route_table} is reserved or out of range")
         if not 0 < self.rule_pref < 32764:
             raise ConfigError(f"config: rule_priority {self.rule_pref} must be in 1..32763")
@@ -166,11 +177,42 @@ class DatapathConfig:
     def metadata_address_int(self) -> int:
         return int(ipaddress.IPv4Address(self.metadata_address))
 
+    @property
+    def link_local6(self) -> tuple[str, ...]:
+        """The link-local IPv6 metadata addresses (routed per tap, routing.py)."""
+        return tuple(a for a in self.metadata_address6
+                     if ipaddress.IPv6Address(a).is_link_local)
+
+    @property
+    def global6(self) -> tuple[str, ...]:
+        """The other IPv6 metadata addresses (their replies are routed per tap)."""
+        return tuple(a for a in self.metadata_address6 if a not in self.link_local6)
+
+
+def check_address6(addresses: Iterable[str]) -> tuple[str, ...]:
+    """The IPv6 metadata addresses in compressed form, or a ConfigError:
+    unicast (global/ULA or link-local), no duplicates, at most two."""
+    out: list[str] = []
+    for a in addresses:
+        try:
+            addr = ipaddress.IPv6Address(a)
+        except ValueError:
+            raise ConfigError(f"config: invalid IPv6 metadata address {a!r}") from None
+        if addr.is_multicast or addr.is_unspecified or addr.is_loopback or addr.ipv4_mapped:
+            raise ConfigError(f"config: IPv6 metadata address {a} must be unicast")
+        if addr.compressed in out:
+            raise ConfigError(f"config: IPv6 metadata address {a} given twice")
+        out.append(addr.compressed)
+    if len(out) > 2:  # the eBPF program compares against two
+        raise ConfigError("config: metadata_address6 takes at most two addresses")
+    return tuple(out)
+
 
 def options_from(node: NodeConfig) -> dict[str, Any]:
     """The one mapping from the node config to :class:`DatapathConfig` fields."""
     return {
         "metadata_address": node.metadata_address, "metadata_port": node.metadata_port,
+        "metadata_address6": tuple(node.metadata_address6),
         "patterns": tuple(node.tap_patterns), "arp_when_refused": True,
         "syn_rate_per_s": node.syn_rate, "syn_burst": node.syn_burst,
         "max_connections": node.max_connections,

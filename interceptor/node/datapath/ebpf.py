@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import ipaddress
 import logging
 import os
 import re
@@ -140,7 +141,16 @@ class EbpfConfig(DatapathConfig):
         """The program's compile-time constants (tap_ingress.c's header)."""
         return [f'-DPIN_DIR="{self.pin_dir}"',
                 f"-DMETADATA_ADDR_HOST={self.metadata_address_int:#x}u",
-                f"-DMETADATA_PORT={self.metadata_port}"]
+                f"-DMETADATA_PORT={self.metadata_port}", *self._md6_flags()]
+
+    def _md6_flags(self) -> list[str]:
+        addrs = [ipaddress.IPv6Address(a).packed for a in self.metadata_address6]
+        if not addrs:
+            return []
+        first, second = addrs[0], addrs[-1]
+        return [f"-DMD6_COUNT={len(addrs)}",
+                *(f"-DMD6_{name}{i}={int.from_bytes(a[4 * i:4 * i + 4], 'big'):#x}u"
+                  for name, a in (("A", first), ("B", second)) for i in range(4))]
 
 
 class EbpfDatapath:
@@ -151,7 +161,9 @@ class EbpfDatapath:
 
     def __init__(self, cfg: EbpfConfig | None = None) -> None:
         self.cfg = cfg or EbpfConfig()
-        self.routing = PolicyRouting(self.cfg.route_table, self.cfg.rule_pref)
+        self.routing = PolicyRouting(self.cfg.route_table, self.cfg.rule_pref,
+                                     ipv6=bool(self.cfg.metadata_address6),
+                                     sources6=self.cfg.global6)
         self.guard = UnsyncedGuard(self.cfg, self.cfg.guard_table, Nft(who="ebpf"))
         self.policy = SteeringPolicy("ebpf")
         self.filters = TcFilters(self.cfg.filter_name, self.cfg.tc_prio)
@@ -212,6 +224,8 @@ class EbpfDatapath:
                 self.filters.attached = self.filters.scan(ipr)
                 self._reconciled = True
             self._set_entries(taps, plan.steered, plan.ports)
+            if self.cfg.metadata_address6:
+                self.routing.sync_scoped(self.cfg.link_local6, set(plan.steered))
             for ifindex in sorted(self.filters.attached - want):
                 self.filters.detach(ipr, ifindex)
             for ifindex in sorted(want if first else want - self.filters.attached):

@@ -33,6 +33,10 @@ def render_guard(cfg: DatapathConfig, table: str) -> str:
     names = quoted(cfg.patterns)
     unseen = (f"iifname {names} meta mark & 0x{MARK_MASK:08x} != 0x{GUEST_MARK_TAG:08x} "
               f"meta mark & 0x{MARK_MASK:08x} != 0x{MARK_TAG:08x}")
+    v6 = ""
+    if cfg.metadata_address6:
+        v6 = (f"    {unseen} ip6 daddr {{ {', '.join(cfg.metadata_address6)} }} counter drop "
+              "comment \"the same for IPv6\"\n")
     allow = ""
     if cfg.input_allow_udp:
         allow += f"    udp dport {{ {', '.join(map(str, cfg.input_allow_udp))} }} accept\n"
@@ -44,7 +48,7 @@ table inet {table} {{
     type filter hook prerouting priority raw; policy accept;
     {unseen} ip daddr {cfg.metadata_address} counter drop \
 comment "a managed tap the tc program has not seen: fail closed"
-  }}
+{v6}  }}
 
   chain unsynced_input {{
     type filter hook input priority filter; policy accept;

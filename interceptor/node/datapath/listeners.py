@@ -90,6 +90,46 @@ def socket_mark(sock: socket.socket) -> int:
     return sock.getsockopt(socket.SOL_SOCKET, socket.SO_MARK)
 
 
+IPV6_TRANSPARENT = getattr(socket, "IPV6_TRANSPARENT", 75)
+
+
+def open_tap_listener6(ifname: str, address: str, port: int = METADATA_PORT, *,
+                       backlog: int = DEFAULT_BACKLOG) -> socket.socket:
+    """The IPv6 twin of :func:`open_tap_listener`: ``[address]:port`` bound
+    to ``ifname`` with ``IPV6_TRANSPARENT`` (IPv6 only), one per tap and
+    metadata address, so that the kernel's own listener lookup (a SYN that
+    meets a TIME-WAIT socket, ``bpf_skc_lookup_tcp``) finds it by the address
+    the guest asked. A link-local ``address`` is scoped to the tap. Same
+    errors as the IPv4 one."""
+    name = ifname.encode()
+    if not name or len(name) >= IFNAMSIZ or b"/" in name or b"\0" in name:
+        raise TapListenerError(f"listener: invalid interface name {ifname!r}")
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
+        sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, name)
+        scope = socket.if_nametoindex(ifname) if address.lower().startswith("fe80:") else 0
+        sock.bind((address, port, 0, scope))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        if exc.errno in (errno.ENODEV, errno.ENXIO):
+            raise TapGoneError(f"listener: interface {ifname} does not exist") from None
+        if exc.errno == errno.EPERM:
+            raise TapListenerError(
+                f"listener: {ifname}: IPV6_TRANSPARENT/SO_BINDTODEVICE need "
+                "CAP_NET_ADMIN (run the node daemon as root)") from None
+        if exc.errno == errno.EADDRINUSE:
+            raise TapListenerError(
+                f"listener: [{address}]:{port} is already bound on {ifname}") from None
+        raise TapListenerError(
+            f"listener: {ifname} [{address}]:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
 # -- listeners that outlive the process ---------------------------------------------
 #
 # A restart must not close a tap's listening socket: SYNs that arrive while

@@ -49,6 +49,16 @@ Per packet, from a managed tap:
 * Conntrack zones per tap keep two guests with the same address and port
   apart in conntrack (and so in ``ct count``).
 
+IPv6 (``metadata_address6``) mirrors all of this per address: at the
+ingress a neighbour solicitation for a metadata address is rewritten into
+the advertisement and sent back out the tap (``nft_ruleset._ndp_rules``:
+nft 1.0.6 updates the ICMPv6 checksum for some of the writes only, so the
+rule carries a precomputed filler that makes the result right), IPv6 to it
+from a steered tap is readdressed as above, TCP from any other managed tap
+gets a RST; prerouting sends ``[address]:80`` to the tap's listener of that
+address (``tproxy ip6 to [address]:80``), with the same meters; the host
+input filter is family-independent already.
+
 Guests with a default gateway send to the gateway's MAC; answering ARP for
 the gateway is the routed network's job (an address on the tap, or
 ``proxy_arp``), as it is for all their other traffic. This datapath answers
@@ -141,7 +151,9 @@ class NftDatapath:
 
     def __init__(self, cfg: NftConfig | None = None) -> None:
         self.cfg = cfg or NftConfig()
-        self.routing = PolicyRouting(self.cfg.route_table, self.cfg.rule_pref)
+        self.routing = PolicyRouting(self.cfg.route_table, self.cfg.rule_pref,
+                                     ipv6=bool(self.cfg.metadata_address6),
+                                     sources6=self.cfg.global6)
         self.nft = Nft(self.cfg.nft_binary)
         self.policy = SteeringPolicy("nft")
         self._applied: _Applied | None = None  # None: kernel state not adopted yet
@@ -281,6 +293,9 @@ class NftDatapath:
         except DatapathError:
             self._applied = None  # unknown kernel state: next sync rewrites everything
             raise
+        if self.cfg.metadata_address6:
+            self.routing.sync_scoped(self.cfg.link_local6, {
+                t.ifindex for n, t in taps.items() if t.steer and n not in blocked})
         self._applied = _Applied(taps=dict(taps), shards=shards, blocked=blocked)
 
     def unsteerable(self) -> dict[str, str]:

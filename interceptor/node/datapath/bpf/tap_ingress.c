@@ -64,6 +64,16 @@
  *   PIN_DIR             string literal, bpffs directory holding the pinned maps.
  *   METADATA_ADDR_HOST  the metadata address, host byte order (e.g. 0xa9fea9feu).
  *   METADATA_PORT       its TCP port.
+ *   MD6_COUNT           how many IPv6 metadata addresses (0: no IPv6 service);
+ *   MD6_A0..3, MD6_B0..3  the first and second one, 32-bit words in host
+ *                       byte order (B = A when there is one).
+ *
+ * IPv6 (MD6_COUNT > 0) mirrors IPv4 per tap: a neighbour solicitation for a
+ * metadata address is answered with an advertisement (the ARP reply's MAC)
+ * on an enabled tap (any tap with arp_when_refused) and dropped otherwise;
+ * TCP to it is assigned to the tap's listener of that address, refused with
+ * a RST on a refused tap; anything else to it is dropped. Guests' neighbour
+ * advertisements to the tap's MAC are readdressed as ARP replies are.
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/if_arp.h>
@@ -77,6 +87,10 @@
 
 #if !defined(PIN_DIR) || !defined(METADATA_ADDR_HOST) || !defined(METADATA_PORT)
 #error "PIN_DIR, METADATA_ADDR_HOST and METADATA_PORT must be defined by the loader"
+#endif
+
+#ifndef MD6_COUNT
+#define MD6_COUNT 0
 #endif
 
 /* The metadata address, network byte order. */
@@ -353,6 +367,195 @@ static __always_inline int send_rst(struct __sk_buff *skb, struct ethhdr *eth,
     return bpf_redirect(skb->ifindex, 0);
 }
 
+#if MD6_COUNT > 0
+/* Which IPv6 metadata address `a` (4 words, network order) is: 1, 2 or 0. */
+static __always_inline int is_md6(const __be32 *a)
+{
+    if (a[0] == bpf_htonl(MD6_A0) && a[1] == bpf_htonl(MD6_A1) &&
+        a[2] == bpf_htonl(MD6_A2) && a[3] == bpf_htonl(MD6_A3))
+        return 1;
+    if (a[0] == bpf_htonl(MD6_B0) && a[1] == bpf_htonl(MD6_B1) &&
+        a[2] == bpf_htonl(MD6_B2) && a[3] == bpf_htonl(MD6_B3))
+        return 2;
+    return 0;
+}
+
+/* IPv6 pseudo header (RFC 8200 8.1). */
+struct pseudo_hdr6 {
+    __be32 saddr[4];
+    __be32 daddr[4];
+    __be32 len;
+    __u8 zero[3];
+    __u8 nexthdr;
+};
+
+static __always_inline __s64 csum6(struct pseudo_hdr6 *ph, __be32 *l4, __u32 len)
+{
+    __s64 sum = bpf_csum_diff(0, 0, (__be32 *)ph, sizeof(*ph), 0);
+    if (sum < 0)
+        return sum;
+    return bpf_csum_diff(0, 0, l4, len, sum);
+}
+
+/* Neighbour solicitation / advertisement, up to the target (RFC 4861 4.3). */
+struct nd_msg6 {
+    __u8 type;
+    __u8 code;
+    __be16 check;
+    __be32 flags;
+    __be32 target[4];
+};
+
+struct nd_adv6 {
+    struct nd_msg6 msg;
+    __u8 opt_type;   /* 2: target link-layer address */
+    __u8 opt_len;    /* 1: 8 bytes */
+    __u8 opt_mac[6];
+};
+
+struct eth_ip6 {
+    struct ethhdr eth;
+    struct ipv6hdr ip6;
+} __attribute__((packed));
+
+#define ND_NOT_OURS (-1)
+#define ND_SOLICIT 135
+#define ND_ADVERT 136
+
+/* Rewrite the solicitation into the advertisement (Solicited + Override,
+ * the ARP reply's MAC) and send it straight back out of the tap. */
+static __always_inline int answer_ns(struct __sk_buff *skb, struct ethhdr *eth,
+                                     struct ipv6hdr *ip6, struct nd_msg6 *ns, const __u8 *mac)
+{
+    struct eth_ip6 h = {};
+    struct nd_adv6 na = {};
+
+    __builtin_memcpy(h.eth.h_dest, eth->h_source, ETH_ALEN);
+    __builtin_memcpy(h.eth.h_source, mac, ETH_ALEN);
+    h.eth.h_proto = bpf_htons(ETH_P_IPV6);
+    h.ip6.version = 6;
+    h.ip6.payload_len = bpf_htons(sizeof(na));
+    h.ip6.nexthdr = IPPROTO_ICMPV6;
+    h.ip6.hop_limit = 255;
+    __builtin_memcpy(&h.ip6.saddr, ns->target, 16);
+    h.ip6.daddr = ip6->saddr;
+
+    na.msg.type = ND_ADVERT;
+    na.msg.flags = bpf_htonl(0x60000000);
+    __builtin_memcpy(na.msg.target, ns->target, 16);
+    na.opt_type = 2;
+    na.opt_len = 1;
+    __builtin_memcpy(na.opt_mac, mac, ETH_ALEN);
+
+    struct pseudo_hdr6 ph = {.len = bpf_htonl(sizeof(na)), .nexthdr = IPPROTO_ICMPV6};
+    __builtin_memcpy(ph.saddr, ns->target, 16);
+    __builtin_memcpy(ph.daddr, &ip6->saddr, 16);
+    __s64 sum = csum6(&ph, (__be32 *)&na, sizeof(na));
+    if (sum < 0)
+        return TC_ACT_SHOT;
+    na.msg.check = fold_csum(sum);
+
+    if (bpf_skb_change_tail(skb, sizeof(h) + sizeof(na), 0) < 0)
+        return TC_ACT_SHOT;
+    if (bpf_skb_store_bytes(skb, 0, &h, sizeof(h), 0) < 0 ||
+        bpf_skb_store_bytes(skb, sizeof(h), &na, sizeof(na), 0) < 0)
+        return TC_ACT_SHOT;
+    return bpf_redirect(skb->ifindex, 0);
+}
+
+/* Neighbour discovery that concerns us: a solicitation for a metadata
+ * address (answered, or dropped on a refused tap, as ARP), a guest's
+ * advertisement for one (a guest claiming the address: dropped), and a
+ * guest's advertisement to the tap's own MAC on an enabled tap (readdressed,
+ * as arp_reply_to_tap). ND_NOT_OURS for everything else. */
+static __always_inline int handle_nd(struct __sk_buff *skb, struct ethhdr *eth,
+                                     struct ipv6hdr *ip6)
+{
+    struct nd_msg6 nd;
+    __u32 ifindex = skb->ifindex;
+    if (bpf_skb_load_bytes(skb, sizeof(*eth) + sizeof(*ip6), &nd, sizeof(nd)) < 0)
+        return ND_NOT_OURS;
+    if (nd.type != ND_SOLICIT && nd.type != ND_ADVERT)
+        return ND_NOT_OURS;
+    int ours = is_md6(nd.target);
+    if (nd.type == ND_ADVERT && !ours) {
+        if (skb->pkt_type != PACKET_HOST || skb->vlan_present || !enabled.lookup(&ifindex))
+            return ND_NOT_OURS;
+        return set_bypass_dst(skb) < 0 ? TC_ACT_SHOT : TC_ACT_OK;
+    }
+    if (!ours)
+        return ND_NOT_OURS;
+    struct tap_stats *st = stats_for(ifindex);
+    __be32 *src = ip6->saddr.in6_u.u6_addr32;
+    if (nd.type == ND_ADVERT || skb->vlan_present || nd.code != 0 ||
+        ip6->hop_limit != 255 || !(src[0] | src[1] | src[2] | src[3])) {
+        COUNT(st, malformed);  /* a claim, or duplicate address detection of ours */
+        return TC_ACT_SHOT;
+    }
+    __u32 zero = 0;
+    struct dp_config *cfg = config.lookup(&zero);
+    if (!cfg)
+        return TC_ACT_SHOT;
+    if (!enabled.lookup(&ifindex) && !cfg->arp_when_refused) {
+        COUNT(st, arp_refused);
+        return TC_ACT_SHOT;
+    }
+    COUNT(st, arp_replies);
+    return answer_ns(skb, eth, ip6, &nd, cfg->arp_mac);
+}
+
+struct rst6_frame {
+    struct ethhdr eth;
+    struct ipv6hdr ip6;
+} __attribute__((packed));
+
+/* send_rst for IPv6. */
+static __always_inline int send_rst6(struct __sk_buff *skb, struct ethhdr *eth,
+                                     struct ipv6hdr *ip6, struct tcphdr *tcp)
+{
+    struct rst6_frame f = {};
+    struct tcphdr t = {};
+    __u32 seg_len = bpf_ntohs(ip6->payload_len) - tcp->doff * 4;
+
+    if (tcp->rst)
+        return TC_ACT_SHOT;
+    __builtin_memcpy(f.eth.h_dest, eth->h_source, ETH_ALEN);
+    __builtin_memcpy(f.eth.h_source, eth->h_dest, ETH_ALEN);
+    f.eth.h_proto = bpf_htons(ETH_P_IPV6);
+    f.ip6.version = 6;
+    f.ip6.payload_len = bpf_htons(sizeof(t));
+    f.ip6.nexthdr = IPPROTO_TCP;
+    f.ip6.hop_limit = 64;
+    f.ip6.saddr = ip6->daddr;
+    f.ip6.daddr = ip6->saddr;
+
+    t.source = tcp->dest;
+    t.dest = tcp->source;
+    t.doff = 5;
+    t.rst = 1;
+    if (tcp->ack) {
+        t.seq = tcp->ack_seq;
+    } else {
+        t.ack = 1;
+        t.ack_seq = bpf_htonl(bpf_ntohl(tcp->seq) + seg_len + tcp->syn + tcp->fin);
+    }
+    struct pseudo_hdr6 ph = {.len = bpf_htonl(sizeof(t)), .nexthdr = IPPROTO_TCP};
+    __builtin_memcpy(ph.saddr, &f.ip6.saddr, 16);
+    __builtin_memcpy(ph.daddr, &f.ip6.daddr, 16);
+    __s64 sum = csum6(&ph, (__be32 *)&t, sizeof(t));
+    if (sum < 0)
+        return TC_ACT_SHOT;
+    t.check = fold_csum(sum);
+
+    if (bpf_skb_change_tail(skb, sizeof(f) + sizeof(t), 0) < 0)
+        return TC_ACT_SHOT;
+    if (bpf_skb_store_bytes(skb, 0, &f, sizeof(f), 0) < 0 ||
+        bpf_skb_store_bytes(skb, sizeof(f), &t, sizeof(t), 0) < 0)
+        return TC_ACT_SHOT;
+    return bpf_redirect(skb->ifindex, 0);
+}
+#endif
+
 /* GCRA token bucket: true if this SYN may pass. Lock-free; concurrent SYNs
  * on two CPUs may both pass, which only makes the limit slightly loose. */
 static __always_inline int syn_allowed(__u32 ifindex, struct dp_config *cfg)
@@ -441,21 +644,74 @@ static __always_inline int assign_own_socket(struct __sk_buff *skb, struct iphdr
     return ours ? 0 : -1;
 }
 
-/* Steer a segment from an enabled tap to the tap's own socket, routed or
- * bridged alike: readdressed to 01:80:c2:00:00:02, a bridge passes it back as
- * received on the tap (see the top of this file). */
-static __always_inline int steer(struct __sk_buff *skb, struct ethhdr *eth, struct iphdr *ip,
-                                 struct tcphdr *tcp, struct steer_target *tgt,
-                                 struct tap_stats *st)
+#if MD6_COUNT > 0
+/* own_socket, own_listener and assign_own_socket for IPv6: the tap's
+ * listener of the very address the guest asked (listeners.py). */
+static __always_inline int own_socket6(struct bpf_sock *sk, __u32 ifindex)
 {
-    if (assign_own_socket(skb, ip, tcp) < 0) {
+    __be32 a[4] = {sk->src_ip6[0], sk->src_ip6[1], sk->src_ip6[2], sk->src_ip6[3]};
+    return sk->src_port == METADATA_PORT && sk->bound_dev_if == ifindex && is_md6(a);
+}
+
+static __always_inline int own_listener6(struct __sk_buff *skb, struct bpf_sock_tuple *tuple)
+{
+    struct bpf_sock_tuple probe = *tuple;
+    probe.ipv6.sport = 0;
+    struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &probe, sizeof(probe.ipv6),
+                                             BPF_F_CURRENT_NETNS, 0);
+    if (!sk)
+        return 0;
+    int ours = sk->state == BPF_TCP_LISTEN && own_socket6(sk, skb->ifindex);
+    bpf_sk_release(sk);
+    return ours;
+}
+
+static __always_inline int assign_own_socket6(struct __sk_buff *skb, struct ipv6hdr *ip6,
+                                              struct tcphdr *tcp)
+{
+    struct bpf_sock_tuple tuple = {};
+    __builtin_memcpy(tuple.ipv6.saddr, &ip6->saddr, 16);
+    __builtin_memcpy(tuple.ipv6.daddr, &ip6->daddr, 16);
+    tuple.ipv6.sport = tcp->source;
+    tuple.ipv6.dport = tcp->dest;
+
+    struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &tuple, sizeof(tuple.ipv6),
+                                             BPF_F_CURRENT_NETNS, 0);
+    if (!sk)
+        return -1;
+    if (sk->state == BPF_TCP_TIME_WAIT) {
+        bpf_sk_release(sk);
+        if (tcp->syn && !tcp->ack && !tcp->rst)
+            return own_listener6(skb, &tuple) ? 0 : -1;
+        return -1;
+    }
+    int ours = own_socket6(sk, skb->ifindex);
+    if (ours)
+        bpf_sk_assign(skb, sk, 0);
+    bpf_sk_release(sk);
+    return ours ? 0 : -1;
+}
+#endif
+
+/* Steer a segment from an enabled tap to the tap's own socket (`assigned`:
+ * what assign_own_socket[6] said), routed or bridged alike: readdressed to 01:80:c2:00:00:02, a bridge passes it back as
+ * received on the tap (see the top of this file). */
+static __always_inline int steer(struct __sk_buff *skb, int assigned, struct ethhdr *eth,
+                                 struct iphdr *ip, struct ipv6hdr *ip6, struct tcphdr *tcp,
+                                 struct steer_target *tgt, struct tap_stats *st)
+{
+    if (assigned < 0) {
         COUNT(st, no_listener);
         /* No socket on this tap (daemon killed, or its listener closed): the
          * RST the stack would send for a closed port, straight back out, so
          * the guest fails at once instead of retransmitting into nothing. A
          * listener handed over across a restart (listeners.py) still exists,
          * so restarts never get here. */
-        if (ip->ihl * 4 != sizeof(*ip))
+#if MD6_COUNT > 0
+        if (ip6)
+            return send_rst6(skb, eth, ip6, tcp);
+#endif
+        if (!ip || ip->ihl * 4 != sizeof(*ip))
             return TC_ACT_SHOT;
         return send_rst(skb, eth, ip, tcp);
     }
@@ -657,12 +913,61 @@ struct ipv6_ext {
     __be16 frag_off; /* fragment header only: offset << 3 | flags */
 };
 
-static __always_inline int handle_ipv6(struct __sk_buff *skb)
+#if MD6_COUNT > 0
+/* TCP to an IPv6 metadata address, as handle_ipv4 past its address test.
+ * Extension headers (fragments included) are not walked: such a request is
+ * dropped, as are fragments in IPv4. */
+static __always_inline int handle_metadata6(struct __sk_buff *skb, struct ethhdr *eth,
+                                            struct ipv6hdr *ip6)
+{
+    __u32 ifindex = skb->ifindex;
+    struct tap_stats *st = stats_for(ifindex);
+    if (skb->vlan_present || ip6->nexthdr != IPPROTO_TCP) {
+        COUNT(st, dropped);
+        return TC_ACT_SHOT;
+    }
+    struct tcphdr tcp;
+    if (bpf_skb_load_bytes(skb, sizeof(*eth) + sizeof(*ip6), &tcp, sizeof(tcp)) < 0 ||
+        tcp.doff < 5 || bpf_ntohs(ip6->payload_len) < tcp.doff * 4) {
+        COUNT(st, malformed);
+        return TC_ACT_SHOT;
+    }
+    if (tcp.dest != bpf_htons(METADATA_PORT)) {
+        COUNT(st, dropped);
+        return TC_ACT_SHOT;
+    }
+    struct steer_target *tgt = enabled.lookup(&ifindex);
+    if (!tgt) {
+        COUNT(st, refused);
+        return send_rst6(skb, eth, ip6, &tcp);
+    }
+    if (tcp.syn && !tcp.ack) {
+        __u32 zero = 0;
+        struct dp_config *cfg = config.lookup(&zero);
+        if (cfg && !syn_allowed(ifindex, cfg)) {
+            COUNT(st, syn_limited);
+            return TC_ACT_SHOT;
+        }
+    }
+    return steer(skb, assign_own_socket6(skb, ip6, &tcp), eth, NULL, ip6, &tcp, tgt, st);
+}
+#endif
+
+static __always_inline int handle_ipv6(struct __sk_buff *skb, struct ethhdr *eth)
 {
     struct ipv6hdr ip6;
     if (bpf_skb_load_bytes(skb, sizeof(struct ethhdr), &ip6, sizeof(ip6)) < 0 ||
         ip6.version != 6)
         return TC_ACT_OK;  /* the stack drops it itself */
+#if MD6_COUNT > 0
+    if (ip6.nexthdr == IPPROTO_ICMPV6) {
+        int nd = handle_nd(skb, eth, &ip6);
+        if (nd != ND_NOT_OURS)
+            return nd;
+    }
+    if (is_md6(ip6.daddr.in6_u.u6_addr32))
+        return handle_metadata6(skb, eth, &ip6);
+#endif
     int group;
     __u32 input = input_device(skb, &group);
     if (!input)
@@ -767,7 +1072,7 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb, struct ethhdr *eth
             return TC_ACT_SHOT;
         }
     }
-    return steer(skb, eth, &ip, &tcp, tgt, st);
+    return steer(skb, assign_own_socket(skb, &ip, &tcp), eth, &ip, NULL, &tcp, tgt, st);
 }
 
 int tap_ingress(struct __sk_buff *skb)
@@ -788,6 +1093,6 @@ int tap_ingress(struct __sk_buff *skb)
     if (eth.h_proto == bpf_htons(ETH_P_IP))
         return handle_ipv4(skb, &eth);
     if (eth.h_proto == bpf_htons(ETH_P_IPV6))
-        return handle_ipv6(skb);
+        return handle_ipv6(skb, &eth);
     return TC_ACT_OK;
 }
