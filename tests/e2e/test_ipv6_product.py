@@ -17,7 +17,7 @@ import pytest
 
 from tests.e2e.datapath_support import EC2, LL, url, v6_guest, wait_no_tentative
 from tests.e2e.stack import ProductStack, product
-from tests.lab import PYTHON, REPO, Guest, Topology, readline
+from tests.lab import PYTHON, REPO, Guest, Topology, readline, sh
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
@@ -90,6 +90,24 @@ def test_ipv6_only_guests_read_their_own_data(stack: tuple[ProductStack, Topolog
             assert _read(guest, address, "/latest/meta-data/instance-id") == (200, iid)
         status, body = _read(guest, LL, "/openstack/latest/meta_data.json")
         assert status == 200 and json.loads(body)["uuid"] == iid
+
+
+def test_tap_down_and_up_is_served_over_ipv6_again(
+        stack: tuple[ProductStack, Topology]) -> None:
+    """The kernel drops a link's IPv6 routes (the per-tap link-local route
+    among them) when it goes down and refuses them while it is down: the
+    node re-adds them when the tap comes back up."""
+    s, topo = stack
+    guest = v6_guest(topo, mode="ll")
+    s.put_server("i-v6-updown", hostname="v6-updown", ifname=guest.tap)
+    wait_no_tentative(topo, guest)
+    _wait(guest, LL)
+    sh(["ip", "link", "set", guest.tap, "down"], netns=topo.node)
+    assert _read(guest, LL, "/latest/meta-data/instance-id", "--max-time", "1")[0] != 200
+    sh(["ip", "link", "set", guest.tap, "up"], netns=topo.node)
+    wait_no_tentative(topo, guest)
+    _wait(guest, LL, timeout=5.0)
+    assert _read(guest, LL, "/latest/meta-data/instance-id") == (200, "i-v6-updown")
 
 
 def test_token_response_over_ipv6_leaves_with_hop_limit_1(

@@ -282,7 +282,7 @@ def _nla(kind: int, payload: bytes) -> bytes:
 
 
 def _newlink(index: int, name: str, mac: str, master: int = 0, kind: str = "",
-             fwd_mask: int | None = None) -> bytes:
+             fwd_mask: int | None = None, flags: int = 1) -> bytes:
     info = _nla(1, kind.encode() + b"\0") if kind else b""
     if fwd_mask is not None:
         info += _nla(4, b"bridge\0") + _nla(5 | 0x8000, _nla(31, struct.pack("=H", fwd_mask)))
@@ -290,13 +290,13 @@ def _newlink(index: int, name: str, mac: str, master: int = 0, kind: str = "",
              + _nla(18 | 0x8000, info))
     if master:
         attrs += _nla(10, struct.pack("=I", master))
-    body = struct.pack("=BxHiII", 0, 1, index, 0, 0) + attrs
+    body = struct.pack("=BxHiII", 0, 1, index, flags, 0) + attrs
     return struct.pack("=IHHII", 16 + len(body), 16, 2, 1, 0) + body
 
 
 def test_link_dump_is_parsed() -> None:
     datagram = b"".join((
-        _newlink(2, "br0", "02:BB:00:00:00:01", kind="bridge"),
+        _newlink(2, "br0", "02:BB:00:00:00:01", kind="bridge", flags=0),
         _newlink(3, "tap1", "fe:54:00:00:00:01", master=2, kind="tun", fwd_mask=4),
         _newlink(4, "tap2", "fe:54:00:00:00:02", kind="tun"),
         _newlink(5, "bond0", "02:00:00:00:00:05", kind="bond"),
@@ -304,7 +304,7 @@ def test_link_dump_is_parsed() -> None:
     links: dict[int, NetLink] = {}
     assert parse_links(datagram, links) is False  # no NLMSG_DONE yet
     assert links[3] == NetLink("tap1", "fe:54:00:00:00:01", 2, "tun", 4)
-    assert links[2] == NetLink("br0", "02:bb:00:00:00:01", 0, "bridge", 0)
+    assert links[2] == NetLink("br0", "02:bb:00:00:00:01", 0, "bridge", 0, up=False)
     assert parse_links(struct.pack("=IHHIIi", 20, 3, 2, 1, 0, 0), links) is True
 
 

@@ -42,6 +42,7 @@ class LinkInfo:
     ifindex: int
     bridge: str | None  # name of the Linux bridge it is enslaved to, if any
     mac: str
+    up: bool = True  # administratively up; a change re-syncs (IPv6 routes need it)
 
 
 Links = dict[str, LinkInfo]
@@ -56,7 +57,7 @@ def _managed(links: Mapping[int, NetLink], patterns: Iterable[str]) -> Links:
             continue
         master = links.get(link.master) if link.master else None
         bridge = master.name if master is not None and master.kind == "bridge" else None
-        out[link.name] = LinkInfo(ifindex=index, bridge=bridge, mac=link.mac)
+        out[link.name] = LinkInfo(ifindex=index, bridge=bridge, mac=link.mac, up=link.up)
     return out
 
 
@@ -77,7 +78,7 @@ async def managed_links(patterns: Iterable[str] = DEFAULT_TAP_PATTERNS) -> Links
 
 class LinkWatcher:
     """Follows link changes and calls ``on_change(links)`` whenever the set of
-    managed links (name, ifindex, bridge, MAC, oper state) changes.
+    managed links (name, ifindex, bridge, MAC, administrative state) changes.
 
     ``await start()`` subscribes, dumps, delivers the first state and starts
     the background task; ``await stop()`` cancels it and closes the netlink

@@ -22,6 +22,7 @@ IFLA_INFO_KIND, IFLA_INFO_SLAVE_DATA = 1, 5
 IFLA_BRPORT_GROUP_FWD_MASK = 31
 RTEXT_FILTER_SKIP_STATS = 1 << 3
 NLA_TYPE_MASK = 0x3FFF
+IFF_UP = 1
 _NLMSG = struct.Struct("=IHHII")
 _IFINFO = struct.Struct("=BxHiII")
 _NLA = struct.Struct("=HH")
@@ -36,6 +37,7 @@ class NetLink:
     master: int = 0
     kind: str | None = None
     group_fwd_mask: int = 0
+    up: bool = True  # IFF_UP: the kernel drops a down link's IPv6 routes
 
 
 def dump_links() -> dict[int, NetLink]:
@@ -73,13 +75,13 @@ def parse_links(data: bytes, into: dict[int, NetLink]) -> bool:
             raise DatapathError(f"links: link dump failed: errno {-code}")
         if kind == RTM_NEWLINK:
             body = offset + _NLMSG.size
-            _family, _type, index, _flags2, _change = _IFINFO.unpack_from(data, body)
-            into[index] = _link(data, body + _IFINFO.size, end)
+            _family, _type, index, if_flags, _change = _IFINFO.unpack_from(data, body)
+            into[index] = _link(data, body + _IFINFO.size, end, up=bool(if_flags & IFF_UP))
         offset += (length + 3) & ~3
     return False
 
 
-def _link(data: bytes, start: int, end: int) -> NetLink:
+def _link(data: bytes, start: int, end: int, *, up: bool) -> NetLink:
     name = mac = ""
     master = fwd_mask = 0
     kind: str | None = None
@@ -98,7 +100,7 @@ def _link(data: bytes, start: int, end: int) -> NetLink:
                     for port, plo, _phi in _attrs(data, slo, shi):
                         if port == IFLA_BRPORT_GROUP_FWD_MASK:
                             (fwd_mask,) = struct.unpack_from("=H", data, plo)
-    return NetLink(name, mac, master, kind, fwd_mask)
+    return NetLink(name, mac, master, kind, fwd_mask, up)
 
 
 def _attrs(data: bytes, start: int, end: int) -> Iterator[tuple[int, int, int]]:

@@ -166,7 +166,10 @@ class PolicyRouting:
                     try:
                         ipr.route("replace", **self._scoped(*key))
                     except NetlinkError as exc:
-                        if exc.code != errno.ENODEV:  # gone meanwhile: nothing to route
+                        # Gone meanwhile, or down (the kernel refuses IPv6 routes
+                        # on a down link and drops them when it goes down; the
+                        # link watcher re-syncs when it comes up).
+                        if exc.code not in (errno.ENODEV, errno.ENETDOWN):
                             raise
         except NetlinkError as exc:
             raise DatapathError(f"routing: cannot route IPv6 metadata per tap: {exc}") from None
