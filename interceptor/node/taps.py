@@ -30,7 +30,6 @@ from interceptor.node.datapath.listeners import (
     TapGoneError,
     TapListenerError,
     open_tap_listener,
-    open_tap_listener6,
 )
 from interceptor.node.desired_state import REASONS, Desired, Latches, Link, desired_taps
 from interceptor.node.http_server import GuestHttpServer, GuestListener, TapIdentity
@@ -65,7 +64,6 @@ class TapManager:
                  metrics: NodeMetrics | None = None,
                  ifindex_of: Callable[[str], int] | None = socket.if_nametoindex,
                  addresses6: Sequence[str] = (),
-                 open_listener6: Callable[[str, str, int], socket.socket] = open_tap_listener6,
                  on_listener_released: Callable[[str], None] | None = None) -> None:
         self._datapath = datapath
         self._server = server
@@ -75,7 +73,6 @@ class TapManager:
         self._on_instances_changed = on_instances_changed
         self._open_listener = open_listener
         self._addresses6 = tuple(addresses6)
-        self._open_listener6 = open_listener6
         self._ifindex_of = ifindex_of
         # Restart hand-over (datapath/listeners.py ListenerStore): told when a
         # tap's listener is closed for good; not at daemon exit, where the
@@ -214,8 +211,8 @@ class TapManager:
             socks: list[socket.socket] = []
             listeners: list[GuestListener] = []
             try:
-                socks.append(self._open_listener(name, self._address, self._port))
-                socks += [self._open_listener6(name, a, self._port) for a in self._addresses6]
+                for address in (self._address, *self._addresses6):
+                    socks.append(self._open_listener(name, address, self._port))
                 # The name may now belong to another tap than the one we saw
                 # (deleted and recreated in between): never serve that one.
                 if self._ifindex_of is not None and self._ifindex_of(name) != tap.ifindex:

@@ -26,7 +26,6 @@ from interceptor.node.datapath.links import Links, LinkWatcher
 from interceptor.node.datapath.listeners import (
     listener_device,
     open_tap_listener,
-    open_tap_listener6,
     socket_mark,
 )
 
@@ -192,7 +191,7 @@ class DatapathNode:
                  open_tap_listener(ifname, cfg.metadata_address, cfg.metadata_port)}
         if cfg is not None:
             for i, address in enumerate(cfg.metadata_address6):
-                socks[f"{ifname}/6{i}"] = open_tap_listener6(ifname, address, cfg.metadata_port)
+                socks[f"{ifname}/6{i}"] = open_tap_listener(ifname, address, cfg.metadata_port)
         for key, sock in socks.items():
             async def start(sock: socket.socket = sock) -> asyncio.Server:
                 return await self.loop.create_server(_Answer, sock=sock)

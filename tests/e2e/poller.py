@@ -1,7 +1,7 @@
 """A guest that polls its metadata on a fixed period, one new connection per
 request, until told to stop; shared by the restart tests and ``bench``.
 
-    ip netns exec GUEST python -m tests.e2e.poller PATH PERIOD_S TIMEOUT_S
+    ip netns exec GUEST python -m tests.e2e.poller PATH PERIOD_S TIMEOUT_S [ADDRESS]
 
 runs until SIGTERM, then prints one JSON object: every request's start
 offset, outcome (HTTP status, or the error's name) and seconds taken.
@@ -40,10 +40,10 @@ class GuestPoller:
     """Runs the poller in ``guest``'s namespace; ``stop()`` returns the result."""
 
     def __init__(self, guest: Guest, path: str, period: float = 0.01,
-                 timeout: float = 10.0) -> None:
+                 timeout: float = 10.0, address: str = METADATA) -> None:
         self._proc = subprocess.Popen(
             ["ip", "netns", "exec", guest.netns, PYTHON, "-m", "tests.e2e.poller", path,
-             str(period), str(timeout)], cwd=REPO, stdout=subprocess.PIPE,
+             str(period), str(timeout), address], cwd=REPO, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True)
         self._timeout = timeout
 
@@ -69,8 +69,8 @@ class GuestPoller:
             self._proc.wait(5)
 
 
-def _one(path: str, timeout: float) -> str:
-    conn = http.client.HTTPConnection(METADATA, 80, timeout=timeout)
+def _one(address: str, path: str, timeout: float) -> str:
+    conn = http.client.HTTPConnection(address, 80, timeout=timeout)
     try:
         conn.request("GET", path, headers={"Connection": "close"})
         resp = conn.getresponse()
@@ -82,7 +82,7 @@ def _one(path: str, timeout: float) -> str:
         conn.close()
 
 
-def _main(path: str, period: float, timeout: float) -> None:
+def _main(path: str, period: float, timeout: float, address: str) -> None:
     stopping = False
 
     def stop(*_: Any) -> None:
@@ -95,7 +95,7 @@ def _main(path: str, period: float, timeout: float) -> None:
     next_at = start
     while not stopping:
         began = time.monotonic()
-        outcome = _one(path, timeout)
+        outcome = _one(address, path, timeout)
         samples.append((round(began - start, 4), outcome, round(time.monotonic() - began, 4)))
         next_at = max(next_at + period, time.monotonic())
         time.sleep(max(0.0, next_at - time.monotonic()))
@@ -103,4 +103,5 @@ def _main(path: str, period: float, timeout: float) -> None:
 
 
 if __name__ == "__main__":
-    _main(sys.argv[1], float(sys.argv[2]), float(sys.argv[3]))
+    _main(sys.argv[1], float(sys.argv[2]), float(sys.argv[3]),
+          sys.argv[4] if len(sys.argv) > 4 else METADATA)

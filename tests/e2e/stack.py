@@ -325,12 +325,14 @@ def product(topo: Topology, **kwargs: Any) -> Iterator[ProductStack]:
         stack.close()
 
 
-def get(guest: Guest, path: str, *headers: str, max_time: float = 3.0) -> tuple[int, str, float]:
-    """(status, body, seconds) of a guest's GET to 169.254.169.254; status 0 = no answer."""
+def get(guest: Guest, path: str, *headers: str, max_time: float = 3.0,
+        host: str = "169.254.169.254") -> tuple[int, str, float]:
+    """(status, body, seconds) of a guest's GET to ``host`` (the metadata
+    address; ``[fd00:ec2::254]`` for IPv6); status 0 = no answer."""
     extra: list[str] = []
     for h in headers:
         extra += ["-H", h]
-    r = guest.curl(f"http://169.254.169.254{path}", *extra, max_time=max_time)
+    r = guest.curl(f"http://{host}{path}", *extra, max_time=max_time)
     body, _, tail = r.stdout.rpartition("\n")
     code, _, secs = tail.partition(" ")
     return int(code or 0), body, float(secs or 0)
@@ -346,11 +348,11 @@ def guest_request(guest: Guest, method: str, path: str, body: str | None = None)
 
 
 def seconds_until_served(stack: ProductStack, guest: Guest, iid: str,
-                         timeout: float = 30.0) -> float:
+                         timeout: float = 30.0, host: str = "169.254.169.254") -> float:
     """Seconds until ``guest`` reads ``iid`` as its instance id (polled every 20 ms)."""
     started = time.monotonic()
     while time.monotonic() - started < timeout:
-        status, body, _ = get(guest, "/latest/meta-data/instance-id", max_time=1.0)
+        status, body, _ = get(guest, "/latest/meta-data/instance-id", max_time=1.0, host=host)
         if (status, body) == (200, iid):
             return time.monotonic() - started
         time.sleep(0.02)

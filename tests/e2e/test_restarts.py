@@ -1,4 +1,4 @@
-"""Restarts guests never notice, and crashes they notice at once (issue 16).
+"""Restarts guests never notice, and crashes they notice at once.
 
 * Restart hand-over: the node runs under a service manager's fd store
   (tests/e2e/fdstore.py speaks systemd's protocol; the Debian VM test uses
@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable
 
 import pytest
 
+from interceptor.node.datapath.listeners import fdname_for
+from tests.e2e.datapath_support import EC2, LL, v6_guest, wait_no_tentative
 from tests.e2e.poller import GuestPoller
 from tests.e2e.stack import ProductStack, product, seconds_until_served
 from tests.lab import Topology
@@ -36,36 +39,53 @@ def _served(stack: ProductStack, guest_tap: str, iid: str, timeout: float = 30.0
 @pytest.mark.parametrize("datapath", ["nft", "ebpf"])
 def test_restart_hands_listeners_over_without_guest_failures(
         topology: Topology, datapath: str) -> None:
+    """An IPv4 guest and an IPv6-only guest poll across the restarts: each of
+    a tap's listeners (169.254.169.254 and both IPv6 addresses) is handed over."""
     with product(topology, datapath=datapath, fdstore=True,
                  node_options={"keep_datapath_on_exit": True}) as stack:
         assert stack.fdstore is not None
         guest = stack.add_guest()
+        guest6 = v6_guest(topology, mode="ll")
         iid = f"i-restart-{datapath}"
         stack.create_instance(iid, hostname="restart", ifname=guest.tap)
+        stack.create_instance(iid + "-6", hostname="restart6", ifname=guest6.tap)
+        wait_no_tentative(topology, guest6)
         _served(stack, guest.tap, iid)
+        seconds_until_served(stack, guest6, iid + "-6", host=f"[{EC2}]")
         assert stack.fdstore.ready.wait(10), "the node never sent READY=1"
-        assert stack.fdstore.stored() == {"tap." + guest.tap.encode().hex(): 1}
-        with GuestPoller(guest, "/latest/meta-data/instance-id", period=0.01,
-                         timeout=60.0) as poller:
+        stored = {fdname_for(g.tap, a): 1 for g in (guest, guest6)
+                  for a in ("169.254.169.254", EC2, LL)}
+        assert _eventually(stack.fdstore.stored, stored)
+        path = "/latest/meta-data/instance-id"
+        with GuestPoller(guest, path, period=0.01, timeout=60.0) as poller, \
+                GuestPoller(guest6, path, period=0.01, timeout=60.0, address=EC2) as poller6:
             time.sleep(0.5)
             for _ in range(RESTARTS):
                 assert stack.stop_node(signal.SIGTERM) == 0, stack.logs()
-                # eBPF compiles its program (BCC) at every start: slow on a loaded machine.
                 stack.start_node(wait_ready=False, timeout=120)
                 assert stack.fdstore.ready.wait(60), stack.logs()[-4000:]
                 time.sleep(0.3)
-            result = poller.stop()
-        assert len(result.samples) > 50, result.samples
-        assert result.failures == [], (result.failures[:10], stack.logs()[-4000:])
-        # Every new process took the listener over instead of opening one.
+            results = poller.stop(), poller6.stop()
+        for result in results:
+            assert len(result.samples) > 50, result.samples
+            assert result.failures == [], (result.failures[:10], stack.logs()[-4000:])
+        # Every new process took the listeners over instead of opening them.
         log = (stack.work / "node.log").read_text()
-        assert log.count("(1 tap listeners inherited)") == RESTARTS, log[-4000:]
-        assert stack.fdstore.stored() == {"tap." + guest.tap.encode().hex(): 1}
+        assert log.count("(2 tap listeners inherited)") == RESTARTS, log[-4000:]
+        assert stack.fdstore.stored() == stored
         # WATCHDOG_USEC=1 s: a ping every 0.5 s from every process's event loop.
         assert stack.fdstore.count("WATCHDOG") >= 4, stack.fdstore.messages[-20:]
         assert stack.fdstore.count("STOPPING") == RESTARTS
-        print(f"{datapath}: {len(result.samples)} requests across {RESTARTS} restarts, "
-              f"0 failures, slowest {result.slowest:.2f}s")
+        print(f"{datapath}: {len(results[0].samples)} IPv4 and {len(results[1].samples)} "
+              f"IPv6 requests across {RESTARTS} restarts, 0 failures, slowest "
+              f"{max(r.slowest for r in results):.2f}s")
+
+
+def _eventually(read: Callable[[], object], want: object, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while read() != want and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return read() == want
 
 
 @pytest.mark.parametrize("datapath", ["nft", "ebpf"])

@@ -13,10 +13,11 @@ and replies leave through the tap they came from without any route.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from interceptor.common import sdnotify
 from interceptor.common.errors import DatapathError
@@ -25,6 +26,7 @@ from interceptor.node.datapath.base import METADATA_ADDRESS, METADATA_PORT
 # Not exported by Python's socket module on every build.
 IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
+IPV6_TRANSPARENT = getattr(socket, "IPV6_TRANSPARENT", 75)
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,10 @@ def open_tap_listener(ifname: str, address: str = METADATA_ADDRESS,
                       backlog: int = DEFAULT_BACKLOG) -> socket.socket:
     """A non-blocking listening TCP socket on ``address:port`` bound to ``ifname``.
 
+    IPv4 or IPv6 by ``address`` (IPv6: ``IPV6_V6ONLY``, and a link-local
+    address is scoped to the tap). One per tap and metadata address, so that
+    the kernel's own listener lookup (TPROXY, a SYN that meets a TIME-WAIT
+    socket, ``bpf_skc_lookup_tcp``) finds it by the address the guest asked.
     The caller owns the socket (hand it to ``loop.create_server(sock=...)``).
     Raises TapGoneError when the device does not exist, TapListenerError for
     anything else (missing CAP_NET_ADMIN/NET_RAW, port taken on that device).
@@ -54,12 +60,21 @@ def open_tap_listener(ifname: str, address: str = METADATA_ADDRESS,
     name = ifname.encode()
     if not name or len(name) >= IFNAMSIZ or b"/" in name or b"\0" in name:
         raise TapListenerError(f"listener: invalid interface name {ifname!r}")
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    v6 = ":" in address
+    shown = f"[{address}]:{port}" if v6 else f"{address}:{port}"
+    sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+        if v6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
+        else:
+            sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
         sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, name)
-        sock.bind((address, port))
+        if v6:
+            sock.bind((address, port, 0, _scope(address, ifname)))
+        else:
+            sock.bind((address, port))
         sock.listen(backlog)
         sock.setblocking(False)
     except OSError as exc:
@@ -68,14 +83,19 @@ def open_tap_listener(ifname: str, address: str = METADATA_ADDRESS,
             raise TapGoneError(f"listener: interface {ifname} does not exist") from None
         if exc.errno == errno.EPERM:
             raise TapListenerError(
-                f"listener: {ifname}: IP_TRANSPARENT/SO_BINDTODEVICE need "
+                f"listener: {ifname}: IP(V6)_TRANSPARENT/SO_BINDTODEVICE need "
                 "CAP_NET_ADMIN (run the node daemon as root)") from None
         if exc.errno == errno.EADDRINUSE:
             raise TapListenerError(
-                f"listener: {address}:{port} is already bound on {ifname}") from None
+                f"listener: {shown} is already bound on {ifname}") from None
         raise TapListenerError(
-            f"listener: {ifname} {address}:{port}: {exc.strerror or exc}") from None
+            f"listener: {ifname} {shown}: {exc.strerror or exc}") from None
     return sock
+
+
+def _scope(address: str, ifname: str) -> int:
+    """The scope id a link-local IPv6 address needs (the tap's ifindex), else 0."""
+    return socket.if_nametoindex(ifname) if ipaddress.IPv6Address(address).is_link_local else 0
 
 
 def listener_device(sock: socket.socket) -> str:
@@ -88,46 +108,6 @@ def socket_mark(sock: socket.socket) -> int:
     """``SO_MARK`` of an accepted socket: with ``net.ipv4.tcp_fwmark_accept=1``
     it is the mark the datapath set on the SYN (a cross-check, not identity)."""
     return sock.getsockopt(socket.SOL_SOCKET, socket.SO_MARK)
-
-
-IPV6_TRANSPARENT = getattr(socket, "IPV6_TRANSPARENT", 75)
-
-
-def open_tap_listener6(ifname: str, address: str, port: int = METADATA_PORT, *,
-                       backlog: int = DEFAULT_BACKLOG) -> socket.socket:
-    """The IPv6 twin of :func:`open_tap_listener`: ``[address]:port`` bound
-    to ``ifname`` with ``IPV6_TRANSPARENT`` (IPv6 only), one per tap and
-    metadata address, so that the kernel's own listener lookup (a SYN that
-    meets a TIME-WAIT socket, ``bpf_skc_lookup_tcp``) finds it by the address
-    the guest asked. A link-local ``address`` is scoped to the tap. Same
-    errors as the IPv4 one."""
-    name = ifname.encode()
-    if not name or len(name) >= IFNAMSIZ or b"/" in name or b"\0" in name:
-        raise TapListenerError(f"listener: invalid interface name {ifname!r}")
-    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
-        sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, name)
-        scope = socket.if_nametoindex(ifname) if address.lower().startswith("fe80:") else 0
-        sock.bind((address, port, 0, scope))
-        sock.listen(backlog)
-        sock.setblocking(False)
-    except OSError as exc:
-        sock.close()
-        if exc.errno in (errno.ENODEV, errno.ENXIO):
-            raise TapGoneError(f"listener: interface {ifname} does not exist") from None
-        if exc.errno == errno.EPERM:
-            raise TapListenerError(
-                f"listener: {ifname}: IPV6_TRANSPARENT/SO_BINDTODEVICE need "
-                "CAP_NET_ADMIN (run the node daemon as root)") from None
-        if exc.errno == errno.EADDRINUSE:
-            raise TapListenerError(
-                f"listener: [{address}]:{port} is already bound on {ifname}") from None
-        raise TapListenerError(
-            f"listener: {ifname} [{address}]:{port}: {exc.strerror or exc}") from None
-    return sock
 
 
 # -- listeners that outlive the process ---------------------------------------------
@@ -145,17 +125,24 @@ FDNAME_PREFIX = "tap."
 SO_BINDTOIFINDEX = getattr(socket, "SO_BINDTOIFINDEX", 62)
 SO_ACCEPTCONN = getattr(socket, "SO_ACCEPTCONN", 30)
 
+Key = tuple[str, str]  # (tap name, metadata address as the socket reports it)
 
-def fdname_for(ifname: str) -> str:
-    """The fd store name of a tap's listener (hex: an ifname may hold ':')."""
-    return FDNAME_PREFIX + ifname.encode().hex()
+
+def fdname_for(ifname: str, address: str = METADATA_ADDRESS) -> str:
+    """The fd store name of a tap's listener on ``address``: hex, because an
+    ifname may hold ':' (the separator of ``$LISTEN_FDNAMES``); the default
+    IPv4 address has the bare ``tap.<ifname>`` name earlier versions used."""
+    name = FDNAME_PREFIX + ifname.encode().hex()
+    if address == METADATA_ADDRESS:
+        return name
+    return f"{name}.{ipaddress.ip_address(address).packed.hex()}"
 
 
 def ifname_of_fdname(name: str) -> str | None:
     if not name.startswith(FDNAME_PREFIX):
         return None
     try:
-        return bytes.fromhex(name[len(FDNAME_PREFIX):]).decode()
+        return bytes.fromhex(name[len(FDNAME_PREFIX):].split(".", 1)[0]).decode()
     except (ValueError, UnicodeDecodeError):
         return None
 
@@ -166,74 +153,105 @@ class ListenerStore:
 
     ``open`` fits ``TapManager``'s ``open_listener`` hook, ``released`` its
     ``on_listener_released`` hook. Without a service manager, ``notify``
-    returns False and this is plain ``open_tap_listener``.
+    returns False and this is plain ``open_tap_listener``. A tap has one
+    listener per metadata address (IPv4 and each IPv6 one); each is stored
+    and adopted on its own, by the address the socket itself is bound to.
     """
 
-    def __init__(self, inherited: dict[str, socket.socket] | None = None, *,
+    def __init__(self, inherited: Iterable[tuple[str, socket.socket]] = (), *,
                  notify: Callable[..., bool] = sdnotify.notify,
                  open_listener: Callable[[str, str, int], socket.socket] = open_tap_listener,
                  ifindex_of: Callable[[str], int] = socket.if_nametoindex) -> None:
-        self._inherited = dict(inherited or {})
+        self._inherited: dict[Key, socket.socket] = {}
+        for ifname, sock in inherited:
+            key = (ifname, _bound_address(sock))
+            if key in self._inherited:
+                sock.close()  # a second one for the same tap and address: keep one
+            else:
+                self._inherited[key] = sock
         self._notify = notify
         self._open_listener = open_listener
         self._ifindex_of = ifindex_of
+        self._stored: dict[str, set[str]] = {}  # ifname -> fd names held for it
         self.adopted: set[str] = set()
-        """Taps whose listener came from the previous process (for logs and tests)."""
+        """Taps with a listener from the previous process (for logs and tests)."""
         self.handed_over = bool(self._inherited)
         """True once a service manager holds listeners for the next process."""
+        for ifname, address in self._inherited:
+            self._stored.setdefault(ifname, set()).add(fdname_for(ifname, address))
 
     @classmethod
     def from_environment(cls) -> ListenerStore:
-        inherited: dict[str, socket.socket] = {}
+        inherited: list[tuple[str, socket.socket]] = []
         for name, fds in sdnotify.listen_fds().items():
             ifname = ifname_of_fdname(name)
             for fd in fds:
-                if ifname is None or ifname in inherited:
+                if ifname is None:
                     os.close(fd)
                     continue
-                inherited[ifname] = socket.socket(fileno=fd)
+                inherited.append((ifname, socket.socket(fileno=fd)))
         if inherited:
             log.info("inherited %d tap listeners from the previous process", len(inherited))
         return cls(inherited)
 
     def open(self, ifname: str, address: str, port: int) -> socket.socket:
-        sock = self._inherited.pop(ifname, None)
+        name = fdname_for(ifname, address)
+        sock = self._inherited.pop((ifname, _normal(address)), None)
         if sock is not None:
             if self._fits(sock, ifname, address, port):
                 self.adopted.add(ifname)
                 return sock
-            log.info("tap %s: inherited listener no longer fits (tap recreated?); "
-                     "opening a new one", ifname)
+            log.info("tap %s: inherited listener on %s no longer fits (tap recreated?); "
+                     "opening a new one", ifname, address)
             sock.close()
-            self._withdraw(ifname)
         sock = self._open_listener(ifname, address, port)
-        name = fdname_for(ifname)
-        self._withdraw(ifname)  # at most one stored listener per tap
+        self._withdraw(name)  # at most one stored listener per tap and address
         if self._notify(f"FDSTORE=1\nFDNAME={name}", [sock.fileno()]):
             self.handed_over = True
+            self._stored.setdefault(ifname, set()).add(name)
         return sock
 
     def released(self, ifname: str) -> None:
-        """The tap's listener was closed for good (tap gone, unbound, rebound)."""
+        """The tap's listeners were closed for good (tap gone, unbound, rebound)."""
         self.adopted.discard(ifname)
-        self._withdraw(ifname)
+        for name in sorted(self._stored.pop(ifname, set()) | {fdname_for(ifname)}):
+            self._withdraw(name)
 
     def release_unclaimed(self) -> None:
         """Close inherited listeners no tap claimed once the taps are applied."""
-        for ifname, sock in self._inherited.items():
+        for (ifname, address), sock in self._inherited.items():
             sock.close()
-            self._withdraw(ifname)
+            self._withdraw(fdname_for(ifname, address))
+            self._stored.get(ifname, set()).discard(fdname_for(ifname, address))
         self._inherited.clear()
 
-    def _withdraw(self, ifname: str) -> None:
-        self._notify(f"FDSTOREREMOVE=1\nFDNAME={fdname_for(ifname)}")
+    def _withdraw(self, name: str) -> None:
+        self._notify(f"FDSTOREREMOVE=1\nFDNAME={name}")
 
     def _fits(self, sock: socket.socket, ifname: str, address: str, port: int) -> bool:
+        v6 = ":" in address
         try:
-            return (sock.family == socket.AF_INET and sock.type == socket.SOCK_STREAM
+            bound = sock.getsockname()
+            return (sock.family == (socket.AF_INET6 if v6 else socket.AF_INET)
+                    and sock.type == socket.SOCK_STREAM
                     and sock.getsockopt(socket.SOL_SOCKET, SO_ACCEPTCONN) == 1
-                    and sock.getsockname() == (address, port)
+                    and _normal(bound[0]) == _normal(address) and bound[1] == port
                     and sock.getsockopt(socket.SOL_SOCKET, SO_BINDTOIFINDEX)
                     == self._ifindex_of(ifname))
-        except OSError:
+        except (OSError, ValueError):
             return False
+
+
+def _normal(address: str) -> str:
+    """One spelling per address (``fe80::A9FE:a9fe%tap1`` -> ``fe80::a9fe:a9fe``)."""
+    try:
+        return str(ipaddress.ip_address(address.split("%", 1)[0]))
+    except ValueError:
+        return address
+
+
+def _bound_address(sock: socket.socket) -> str:
+    try:
+        return _normal(str(sock.getsockname()[0]))
+    except OSError:
+        return ""

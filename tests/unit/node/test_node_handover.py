@@ -61,20 +61,23 @@ def test_listen_fds_only_for_this_process() -> None:
 
 def test_fdnames_round_trip_and_are_valid() -> None:
     for name in ("tap0", "vnet12", "tap:odd", "mdtap-ä"):
-        stored = fdname_for(name)
-        assert sdnotify.valid_fdname(stored) and ifname_of_fdname(stored) == name
+        for address in ("169.254.169.254", "fd00:ec2::254", "fe80::a9fe:a9fe"):
+            stored = fdname_for(name, address)
+            assert sdnotify.valid_fdname(stored) and ifname_of_fdname(stored) == name
+    assert len({fdname_for("tap0", a) for a in ("169.254.169.254", "fd00:ec2::254")}) == 2
     assert ifname_of_fdname("other") is None and ifname_of_fdname("tap.zz") is None
 
 
-def _lo_listener(port: int = 0) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+def _lo_listener(port: int = 0, address: str = "127.0.0.1") -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET,
+                         socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, b"lo")
     except PermissionError:
         sock.close()
         pytest.fail("binding to a device needs CAP_NET_RAW (run the unit tests as root)")
-    sock.bind(("127.0.0.1", port))
+    sock.bind((address, port))
     sock.listen(8)
     return sock
 
@@ -94,18 +97,18 @@ def test_store_adopts_a_fitting_listener_and_publishes_new_ones() -> None:
         opened.append(ifname)
         return _lo_listener()
 
-    store = ListenerStore({"lo": inherited}, notify=notify, open_listener=open_listener)
+    store = ListenerStore([("lo", inherited)], notify=notify, open_listener=open_listener)
     # Same device (ifindex), address and port: the inherited socket itself.
     assert store.open("lo", "127.0.0.1", port) is inherited
     assert store.adopted == {"lo"} and opened == [] and sent == []
     # Nothing inherited for this one: opened, and handed to the fd store.
     fresh = store.open("lo2", "127.0.0.1", 80)
     assert opened == ["lo2"]
-    assert sent[-2] == (f"FDSTOREREMOVE=1\nFDNAME={fdname_for('lo2')}", [])
-    assert sent[-1] == (f"FDSTORE=1\nFDNAME={fdname_for('lo2')}", [fresh.fileno()])
+    assert sent[-2] == (f"FDSTOREREMOVE=1\nFDNAME={fdname_for('lo2', '127.0.0.1')}", [])
+    assert sent[-1] == (f"FDSTORE=1\nFDNAME={fdname_for('lo2', '127.0.0.1')}", [fresh.fileno()])
     assert store.handed_over  # the manager took it: the datapath gets the hand-over grace
     store.released("lo2")
-    assert sent[-1] == (f"FDSTOREREMOVE=1\nFDNAME={fdname_for('lo2')}", [])
+    assert sent[-1] == (f"FDSTOREREMOVE=1\nFDNAME={fdname_for('lo2', '127.0.0.1')}", [])
     inherited.close()
     fresh.close()
 
@@ -118,12 +121,36 @@ def test_store_refuses_a_listener_of_another_port_or_device() -> None:
         sent.append(message)
         return True
 
-    store = ListenerStore({"lo": wrong_port, "tapgone": gone}, notify=notify,
+    store = ListenerStore([("lo", wrong_port), ("tapgone", gone)], notify=notify,
                           open_listener=lambda *_: _lo_listener())
     replacement = store.open("lo", "127.0.0.1", 1)  # the inherited one is on another port
     assert replacement is not wrong_port and wrong_port.fileno() == -1
     assert store.adopted == set()
     store.release_unclaimed()  # "tapgone" was never claimed: closed and withdrawn
     assert gone.fileno() == -1
-    assert f"FDSTOREREMOVE=1\nFDNAME={fdname_for('tapgone')}" in sent
+    assert f"FDSTOREREMOVE=1\nFDNAME={fdname_for('tapgone', '127.0.0.1')}" in sent
     replacement.close()
+
+
+def test_store_keeps_one_listener_per_tap_and_address() -> None:
+    """IPv4 and IPv6 listeners of one tap are stored, adopted and withdrawn
+    each under its own name."""
+    sent: list[str] = []
+
+    def notify(message: str, fds: object = None) -> bool:
+        sent.append(message)
+        return True
+
+    v4, v6 = _lo_listener(), _lo_listener(address="::1")
+    p4, p6 = v4.getsockname()[1], v6.getsockname()[1]
+    store = ListenerStore([("lo", v6), ("lo", v4)], notify=notify,
+                          open_listener=lambda *_: pytest.fail("nothing new to open"))
+    assert store.open("lo", "127.0.0.1", p4) is v4
+    assert store.open("lo", "::1", p6) is v6
+    store.release_unclaimed()
+    assert sent == [] and v4.fileno() != -1 and v6.fileno() != -1
+    store.released("lo")
+    assert set(sent) == {f"FDSTOREREMOVE=1\nFDNAME={fdname_for('lo', a)}"
+                         for a in ("127.0.0.1", "::1", "169.254.169.254")}
+    v4.close()
+    v6.close()

@@ -182,17 +182,17 @@ async def test_ipv6_listeners_open_and_close_with_the_tap_all_or_none() -> None:
     opened: list[tuple[str, str]] = []
     fail6 = {"on": True}
 
-    def open6(name: str, address: str, port: int) -> socket.socket:
+    def open_any(name: str, address: str, port: int) -> socket.socket:
         if fail6["on"] and address.startswith("fe80"):
             raise TapListenerError("listener: [fe80::a9fe:a9fe]:80 is already bound on tap1")
         opened.append((name, address))
-        return socket.socket(socket.AF_INET6)
+        return socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET)
 
     server = FakeServer(journal)
     taps = TapManager(FakeDatapath(journal), server,  # type: ignore[arg-type]
                       disabled_action="reset", address="169.254.169.254", port=80,
-                      open_listener=lambda *_: socket.socket(), ifindex_of=None,
-                      addresses6=("fd00:ec2::254", "fe80::a9fe:a9fe"), open_listener6=open6)
+                      open_listener=open_any, ifindex_of=None,
+                      addresses6=("fd00:ec2::254", "fe80::a9fe:a9fe"))
     await taps.update_links({"tap1": Link("tap1", 5)})
     await taps.update_bindings({"tap1": Binding("tap1", "i-1", True)})
     # One IPv6 listener failed: the tap is refused, and none of its listeners stays.
@@ -201,7 +201,8 @@ async def test_ipv6_listeners_open_and_close_with_the_tap_all_or_none() -> None:
     fail6["on"] = False
     await taps.apply()
     assert len(server.listeners) == 3 and journal.events[-1] == ("sync", "tap1")
-    assert opened[-2:] == [("tap1", "fd00:ec2::254"), ("tap1", "fe80::a9fe:a9fe")]
+    assert opened[-3:] == [("tap1", "169.254.169.254"), ("tap1", "fd00:ec2::254"),
+                           ("tap1", "fe80::a9fe:a9fe")]
     await taps.update_bindings({"tap1": Binding("tap1", "i-1", False)})
     assert server.listeners == {}
     assert [e for e in journal.events if e[0] == "close"][-3:] == [("close", "tap1:i-1")] * 3
