@@ -273,6 +273,23 @@ static __always_inline int arp_reply_to_tap(struct __sk_buff *skb, struct arp_et
     return TC_ACT_OK;
 }
 
+/* Whether a tap gets an answer for a metadata address (ARP and ND alike):
+ * the config holding the MAC to answer with, or NULL (counted) when the tap
+ * is refused and refused taps get none. */
+static __always_inline struct dp_config *neighbour_config(__u32 ifindex, struct tap_stats *st)
+{
+    __u32 zero = 0;
+    struct dp_config *cfg = config.lookup(&zero);
+    if (!cfg)
+        return NULL;
+    if (!enabled.lookup(&ifindex) && !cfg->arp_when_refused) {
+        COUNT(st, arp_refused);
+        return NULL;
+    }
+    COUNT(st, arp_replies);
+    return cfg;
+}
+
 static __always_inline int handle_arp(struct __sk_buff *skb, struct ethhdr *eth)
 {
     struct arp_eth_ipv4 arp;
@@ -293,16 +310,32 @@ static __always_inline int handle_arp(struct __sk_buff *skb, struct ethhdr *eth)
         return TC_ACT_SHOT;
     }
 
-    __u32 zero = 0;
-    struct dp_config *cfg = config.lookup(&zero);
-    if (!cfg)
-        return TC_ACT_SHOT;
-    if (!enabled.lookup(&ifindex) && !cfg->arp_when_refused) {
-        COUNT(st, arp_refused);
-        return TC_ACT_SHOT;
+    struct dp_config *cfg = neighbour_config(ifindex, st);
+    return cfg ? answer_arp(skb, eth, &arp, cfg->arp_mac) : TC_ACT_SHOT;
+}
+
+/* The Ethernet header of a frame sent back to where `eth` came from. */
+static __always_inline void reply_eth(struct ethhdr *out, struct ethhdr *eth, __u16 proto)
+{
+    __builtin_memcpy(out->h_dest, eth->h_source, ETH_ALEN);
+    __builtin_memcpy(out->h_source, eth->h_dest, ETH_ALEN);
+    out->h_proto = bpf_htons(proto);
+}
+
+/* The TCP header of the RST answering `tcp` (carrying `seg_len` bytes of
+ * data): RFC 9293 3.10.7.1, for IPv4 and IPv6 alike. */
+static __always_inline void rst_for(struct tcphdr *t, struct tcphdr *tcp, __u32 seg_len)
+{
+    t->source = tcp->dest;
+    t->dest = tcp->source;
+    t->doff = 5;
+    t->rst = 1;
+    if (tcp->ack) {
+        t->seq = tcp->ack_seq;
+    } else {
+        t->ack = 1;
+        t->ack_seq = bpf_htonl(bpf_ntohl(tcp->seq) + seg_len + tcp->syn + tcp->fin);
     }
-    COUNT(st, arp_replies);
-    return answer_arp(skb, eth, &arp, cfg->arp_mac);
 }
 
 /* Turn the segment in place into the RST a closed port would send (RFC 9293
@@ -317,9 +350,7 @@ static __always_inline int send_rst(struct __sk_buff *skb, struct ethhdr *eth,
     if (tcp->rst)
         return TC_ACT_SHOT;
 
-    __builtin_memcpy(f.eth.h_dest, eth->h_source, ETH_ALEN);
-    __builtin_memcpy(f.eth.h_source, eth->h_dest, ETH_ALEN);
-    f.eth.h_proto = bpf_htons(ETH_P_IP);
+    reply_eth(&f.eth, eth, ETH_P_IP);
 
     f.ip.version = 4;
     f.ip.ihl = 5;
@@ -330,16 +361,11 @@ static __always_inline int send_rst(struct __sk_buff *skb, struct ethhdr *eth,
     f.ip.saddr = ip->daddr;
     f.ip.daddr = ip->saddr;
 
-    f.tcp.source = tcp->dest;
-    f.tcp.dest = tcp->source;
-    f.tcp.doff = 5;
-    f.tcp.rst = 1;
-    if (tcp->ack) {
-        f.tcp.seq = tcp->ack_seq;
-    } else {
-        f.tcp.ack = 1;
-        f.tcp.ack_seq = bpf_htonl(bpf_ntohl(tcp->seq) + seg_len + tcp->syn + tcp->fin);
-    }
+    /* Built aligned, then copied: f is packed, and the verifier refuses a
+     * misaligned 4-byte store to the stack. */
+    struct tcphdr t = {};
+    rst_for(&t, tcp, seg_len);
+    __builtin_memcpy(&f.tcp, &t, sizeof(t));
 
     __s64 sum = bpf_csum_diff(0, 0, (__be32 *)&f.ip, sizeof(f.ip), 0);
     if (sum < 0)
@@ -368,6 +394,18 @@ static __always_inline int send_rst(struct __sk_buff *skb, struct ethhdr *eth,
 }
 
 #if MD6_COUNT > 0
+/* Replace the frame with `head` then `tail` and send it back out of the tap. */
+static __always_inline int send_back(struct __sk_buff *skb, void *head, __u32 head_len,
+                                     void *tail, __u32 tail_len)
+{
+    if (bpf_skb_change_tail(skb, head_len + tail_len, 0) < 0)
+        return TC_ACT_SHOT;
+    if (bpf_skb_store_bytes(skb, 0, head, head_len, 0) < 0 ||
+        bpf_skb_store_bytes(skb, head_len, tail, tail_len, 0) < 0)
+        return TC_ACT_SHOT;
+    return bpf_redirect(skb->ifindex, 0);
+}
+
 /* Which IPv6 metadata address `a` (4 words, network order) is: 1, 2 or 0. */
 static __always_inline int is_md6(const __be32 *a)
 {
@@ -455,12 +493,7 @@ static __always_inline int answer_ns(struct __sk_buff *skb, struct ethhdr *eth,
         return TC_ACT_SHOT;
     na.msg.check = fold_csum(sum);
 
-    if (bpf_skb_change_tail(skb, sizeof(h) + sizeof(na), 0) < 0)
-        return TC_ACT_SHOT;
-    if (bpf_skb_store_bytes(skb, 0, &h, sizeof(h), 0) < 0 ||
-        bpf_skb_store_bytes(skb, sizeof(h), &na, sizeof(na), 0) < 0)
-        return TC_ACT_SHOT;
-    return bpf_redirect(skb->ifindex, 0);
+    return send_back(skb, &h, sizeof(h), &na, sizeof(na));
 }
 
 /* Neighbour discovery that concerns us: a solicitation for a metadata
@@ -492,16 +525,8 @@ static __always_inline int handle_nd(struct __sk_buff *skb, struct ethhdr *eth,
         COUNT(st, malformed);  /* a claim, or duplicate address detection of ours */
         return TC_ACT_SHOT;
     }
-    __u32 zero = 0;
-    struct dp_config *cfg = config.lookup(&zero);
-    if (!cfg)
-        return TC_ACT_SHOT;
-    if (!enabled.lookup(&ifindex) && !cfg->arp_when_refused) {
-        COUNT(st, arp_refused);
-        return TC_ACT_SHOT;
-    }
-    COUNT(st, arp_replies);
-    return answer_ns(skb, eth, ip6, &nd, cfg->arp_mac);
+    struct dp_config *cfg = neighbour_config(ifindex, st);
+    return cfg ? answer_ns(skb, eth, ip6, &nd, cfg->arp_mac) : TC_ACT_SHOT;
 }
 
 struct rst6_frame {
@@ -519,9 +544,7 @@ static __always_inline int send_rst6(struct __sk_buff *skb, struct ethhdr *eth,
 
     if (tcp->rst)
         return TC_ACT_SHOT;
-    __builtin_memcpy(f.eth.h_dest, eth->h_source, ETH_ALEN);
-    __builtin_memcpy(f.eth.h_source, eth->h_dest, ETH_ALEN);
-    f.eth.h_proto = bpf_htons(ETH_P_IPV6);
+    reply_eth(&f.eth, eth, ETH_P_IPV6);
     f.ip6.version = 6;
     f.ip6.payload_len = bpf_htons(sizeof(t));
     f.ip6.nexthdr = IPPROTO_TCP;
@@ -529,16 +552,7 @@ static __always_inline int send_rst6(struct __sk_buff *skb, struct ethhdr *eth,
     f.ip6.saddr = ip6->daddr;
     f.ip6.daddr = ip6->saddr;
 
-    t.source = tcp->dest;
-    t.dest = tcp->source;
-    t.doff = 5;
-    t.rst = 1;
-    if (tcp->ack) {
-        t.seq = tcp->ack_seq;
-    } else {
-        t.ack = 1;
-        t.ack_seq = bpf_htonl(bpf_ntohl(tcp->seq) + seg_len + tcp->syn + tcp->fin);
-    }
+    rst_for(&t, tcp, seg_len);
     struct pseudo_hdr6 ph = {.len = bpf_htonl(sizeof(t)), .nexthdr = IPPROTO_TCP};
     __builtin_memcpy(ph.saddr, &f.ip6.saddr, 16);
     __builtin_memcpy(ph.daddr, &f.ip6.daddr, 16);
@@ -547,12 +561,7 @@ static __always_inline int send_rst6(struct __sk_buff *skb, struct ethhdr *eth,
         return TC_ACT_SHOT;
     t.check = fold_csum(sum);
 
-    if (bpf_skb_change_tail(skb, sizeof(f) + sizeof(t), 0) < 0)
-        return TC_ACT_SHOT;
-    if (bpf_skb_store_bytes(skb, 0, &f, sizeof(f), 0) < 0 ||
-        bpf_skb_store_bytes(skb, sizeof(f), &t, sizeof(t), 0) < 0)
-        return TC_ACT_SHOT;
-    return bpf_redirect(skb->ifindex, 0);
+    return send_back(skb, &f, sizeof(f), &t, sizeof(t));
 }
 #endif
 
@@ -581,24 +590,37 @@ static __always_inline int syn_allowed(__u32 ifindex, struct dp_config *cfg)
 }
 
 /* Is `sk` one of ours: bound to the metadata address and port on this very
- * device (so a wildcard listener of some host service never counts)? */
-static __always_inline int own_socket(struct bpf_sock *sk, __u32 ifindex)
+ * device (so a wildcard listener of some host service never counts)? For
+ * IPv6, the tap's listener of one of the IPv6 metadata addresses
+ * (listeners.py opens one per address). */
+static __always_inline int own_socket(struct bpf_sock *sk, __u32 ifindex, int v6)
 {
-    return sk->src_ip4 == METADATA_ADDR && sk->src_port == METADATA_PORT &&
-           sk->bound_dev_if == ifindex;
+    if (sk->src_port != METADATA_PORT || sk->bound_dev_if != ifindex)
+        return 0;
+#if MD6_COUNT > 0
+    if (v6) {
+        __be32 a[4] = {sk->src_ip6[0], sk->src_ip6[1], sk->src_ip6[2], sk->src_ip6[3]};
+        return is_md6(a);
+    }
+#endif
+    return !v6 && sk->src_ip4 == METADATA_ADDR;
 }
 
 /* Is there a listener of ours on this device? Looked up with source port 0,
- * which no connected socket has, so only listeners can match. */
-static __always_inline int own_listener(struct __sk_buff *skb, struct bpf_sock_tuple *tuple)
+ * which no connected socket has, so only listeners can match. `len` is
+ * sizeof(tuple->ipv4) or sizeof(tuple->ipv6). */
+static __always_inline int own_listener(struct __sk_buff *skb, struct bpf_sock_tuple *tuple,
+                                        __u32 len, int v6)
 {
     struct bpf_sock_tuple probe = *tuple;
-    probe.ipv4.sport = 0;
-    struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &probe, sizeof(probe.ipv4),
-                                             BPF_F_CURRENT_NETNS, 0);
+    if (v6)
+        probe.ipv6.sport = 0;
+    else
+        probe.ipv4.sport = 0;
+    struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &probe, len, BPF_F_CURRENT_NETNS, 0);
     if (!sk)
         return 0;
-    int ours = sk->state == BPF_TCP_LISTEN && own_socket(sk, skb->ifindex);
+    int ours = sk->state == BPF_TCP_LISTEN && own_socket(sk, skb->ifindex, v6);
     bpf_sk_release(sk);
     return ours;
 }
@@ -616,26 +638,19 @@ static __always_inline int own_listener(struct __sk_buff *skb, struct bpf_sock_t
  * for a TIME-WAIT socket that is not ours is dropped, as by nft. Assigning
  * someone else's TIME-WAIT socket, or dropping the SYN, would leave the
  * guest retrying that port until the socket expires. */
-static __always_inline int assign_own_socket(struct __sk_buff *skb, struct iphdr *ip,
-                                             struct tcphdr *tcp)
+static __always_inline int assign_tuple(struct __sk_buff *skb, struct bpf_sock_tuple *tuple,
+                                        __u32 len, int v6, struct tcphdr *tcp)
 {
-    struct bpf_sock_tuple tuple = {};
-    tuple.ipv4.saddr = ip->saddr;
-    tuple.ipv4.daddr = ip->daddr;
-    tuple.ipv4.sport = tcp->source;
-    tuple.ipv4.dport = tcp->dest;
-
-    struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &tuple, sizeof(tuple.ipv4),
-                                             BPF_F_CURRENT_NETNS, 0);
+    struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, tuple, len, BPF_F_CURRENT_NETNS, 0);
     if (!sk)
         return -1;
     if (sk->state == BPF_TCP_TIME_WAIT) {
         bpf_sk_release(sk);
         if (tcp->syn && !tcp->ack && !tcp->rst)
-            return own_listener(skb, &tuple) ? 0 : -1;
+            return own_listener(skb, tuple, len, v6) ? 0 : -1;
         return -1;
     }
-    int ours = own_socket(sk, skb->ifindex);
+    int ours = own_socket(sk, skb->ifindex, v6);
     /* Should the assignment itself fail, the stack's own lookup finds the
      * same socket: it is the most specific match for this device. */
     if (ours)
@@ -644,28 +659,18 @@ static __always_inline int assign_own_socket(struct __sk_buff *skb, struct iphdr
     return ours ? 0 : -1;
 }
 
+static __always_inline int assign_own_socket(struct __sk_buff *skb, struct iphdr *ip,
+                                             struct tcphdr *tcp)
+{
+    struct bpf_sock_tuple tuple = {};
+    tuple.ipv4.saddr = ip->saddr;
+    tuple.ipv4.daddr = ip->daddr;
+    tuple.ipv4.sport = tcp->source;
+    tuple.ipv4.dport = tcp->dest;
+    return assign_tuple(skb, &tuple, sizeof(tuple.ipv4), 0, tcp);
+}
+
 #if MD6_COUNT > 0
-/* own_socket, own_listener and assign_own_socket for IPv6: the tap's
- * listener of the very address the guest asked (listeners.py). */
-static __always_inline int own_socket6(struct bpf_sock *sk, __u32 ifindex)
-{
-    __be32 a[4] = {sk->src_ip6[0], sk->src_ip6[1], sk->src_ip6[2], sk->src_ip6[3]};
-    return sk->src_port == METADATA_PORT && sk->bound_dev_if == ifindex && is_md6(a);
-}
-
-static __always_inline int own_listener6(struct __sk_buff *skb, struct bpf_sock_tuple *tuple)
-{
-    struct bpf_sock_tuple probe = *tuple;
-    probe.ipv6.sport = 0;
-    struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &probe, sizeof(probe.ipv6),
-                                             BPF_F_CURRENT_NETNS, 0);
-    if (!sk)
-        return 0;
-    int ours = sk->state == BPF_TCP_LISTEN && own_socket6(sk, skb->ifindex);
-    bpf_sk_release(sk);
-    return ours;
-}
-
 static __always_inline int assign_own_socket6(struct __sk_buff *skb, struct ipv6hdr *ip6,
                                               struct tcphdr *tcp)
 {
@@ -674,28 +679,14 @@ static __always_inline int assign_own_socket6(struct __sk_buff *skb, struct ipv6
     __builtin_memcpy(tuple.ipv6.daddr, &ip6->daddr, 16);
     tuple.ipv6.sport = tcp->source;
     tuple.ipv6.dport = tcp->dest;
-
-    struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &tuple, sizeof(tuple.ipv6),
-                                             BPF_F_CURRENT_NETNS, 0);
-    if (!sk)
-        return -1;
-    if (sk->state == BPF_TCP_TIME_WAIT) {
-        bpf_sk_release(sk);
-        if (tcp->syn && !tcp->ack && !tcp->rst)
-            return own_listener6(skb, &tuple) ? 0 : -1;
-        return -1;
-    }
-    int ours = own_socket6(sk, skb->ifindex);
-    if (ours)
-        bpf_sk_assign(skb, sk, 0);
-    bpf_sk_release(sk);
-    return ours ? 0 : -1;
+    return assign_tuple(skb, &tuple, sizeof(tuple.ipv6), 1, tcp);
 }
 #endif
 
 /* Steer a segment from an enabled tap to the tap's own socket (`assigned`:
- * what assign_own_socket[6] said), routed or bridged alike: readdressed to 01:80:c2:00:00:02, a bridge passes it back as
- * received on the tap (see the top of this file). */
+ * what assign_own_socket[6] said), routed or bridged alike: readdressed to
+ * 01:80:c2:00:00:02, a bridge passes it back as received on the tap (see
+ * the top of this file). */
 static __always_inline int steer(struct __sk_buff *skb, int assigned, struct ethhdr *eth,
                                  struct iphdr *ip, struct ipv6hdr *ip6, struct tcphdr *tcp,
                                  struct steer_target *tgt, struct tap_stats *st)
@@ -906,6 +897,35 @@ static __always_inline int ipv4_host_input(struct __sk_buff *skb, struct iphdr *
                         sizeof(tuple.ipv4), &tuple.ipv4.sport, &tuple.ipv4.dport, group);
 }
 
+/* A TCP segment to a metadata address, header checked, either family: the
+ * tap's steering target, or NULL when it is not to be steered, with
+ * *refuse set when the tap is refused (the caller answers with a RST) and
+ * clear when it is dropped (another port, or a SYN over the tap's rate). */
+static __always_inline struct steer_target *admit_tcp(__u32 ifindex, struct tcphdr *tcp,
+                                                      struct tap_stats *st, int *refuse)
+{
+    *refuse = 0;
+    if (tcp->dest != bpf_htons(METADATA_PORT)) {
+        COUNT(st, dropped);
+        return NULL;
+    }
+    struct steer_target *tgt = enabled.lookup(&ifindex);
+    if (!tgt) {
+        COUNT(st, refused);
+        *refuse = 1;
+        return NULL;
+    }
+    if (tcp->syn && !tcp->ack) {
+        __u32 zero = 0;
+        struct dp_config *cfg = config.lookup(&zero);
+        if (cfg && !syn_allowed(ifindex, cfg)) {
+            COUNT(st, syn_limited);
+            return NULL;
+        }
+    }
+    return tgt;
+}
+
 /* IPv6 extension header, as far as skipping it needs. */
 struct ipv6_ext {
     __u8 nexthdr;
@@ -932,23 +952,10 @@ static __always_inline int handle_metadata6(struct __sk_buff *skb, struct ethhdr
         COUNT(st, malformed);
         return TC_ACT_SHOT;
     }
-    if (tcp.dest != bpf_htons(METADATA_PORT)) {
-        COUNT(st, dropped);
-        return TC_ACT_SHOT;
-    }
-    struct steer_target *tgt = enabled.lookup(&ifindex);
-    if (!tgt) {
-        COUNT(st, refused);
-        return send_rst6(skb, eth, ip6, &tcp);
-    }
-    if (tcp.syn && !tcp.ack) {
-        __u32 zero = 0;
-        struct dp_config *cfg = config.lookup(&zero);
-        if (cfg && !syn_allowed(ifindex, cfg)) {
-            COUNT(st, syn_limited);
-            return TC_ACT_SHOT;
-        }
-    }
+    int refuse;
+    struct steer_target *tgt = admit_tcp(ifindex, &tcp, st, &refuse);
+    if (!tgt)
+        return refuse ? send_rst6(skb, eth, ip6, &tcp) : TC_ACT_SHOT;
     return steer(skb, assign_own_socket6(skb, ip6, &tcp), eth, NULL, ip6, &tcp, tgt, st);
 }
 #endif
@@ -1050,27 +1057,13 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb, struct ethhdr *eth
         COUNT(st, malformed);
         return TC_ACT_SHOT;
     }
-    if (tcp.dest != bpf_htons(METADATA_PORT)) {
-        COUNT(st, dropped);
-        return TC_ACT_SHOT;
-    }
-
-    struct steer_target *tgt = enabled.lookup(&ifindex);
+    int refuse;
+    struct steer_target *tgt = admit_tcp(ifindex, &tcp, st, &refuse);
     if (!tgt) {
-        COUNT(st, refused);
         /* A RST needs a plain header to rewrite; with IP options, drop. */
-        if (ihl != sizeof(ip))
-            return TC_ACT_SHOT;
-        return send_rst(skb, eth, &ip, &tcp);
-    }
-
-    if (tcp.syn && !tcp.ack) {
-        __u32 zero = 0;
-        struct dp_config *cfg = config.lookup(&zero);
-        if (cfg && !syn_allowed(ifindex, cfg)) {
-            COUNT(st, syn_limited);
-            return TC_ACT_SHOT;
-        }
+        if (refuse && ihl == sizeof(ip))
+            return send_rst(skb, eth, &ip, &tcp);
+        return TC_ACT_SHOT;
     }
     return steer(skb, assign_own_socket(skb, &ip, &tcp), eth, &ip, NULL, &tcp, tgt, st);
 }
