@@ -70,7 +70,8 @@ read_id() { ip netns exec guest curl -s --max-time 10 http://169.254.169.254/lat
 for _ in $(seq 1 60); do [ "$(read_id)" = i-vm-1 ] && break; sleep 1; done
 [ "$(read_id)" = i-vm-1 ] || { dump interceptor-node.service; ip netns exec guest curl -sv --max-time 5 http://169.254.169.254/latest/meta-data/instance-id 2>&1 | sed "s/^/VMLOG /"; sysctl net.ipv4.conf.all.rp_filter | sed "s/^/VMLOG /"; }
 check guest-reads-metadata sh -c "test \"\$(ip netns exec guest curl -s --max-time 10 http://169.254.169.254/latest/meta-data/instance-id)\" = i-vm-1 && echo i-vm-1"
-check fd-store sh -c 'n=$(systemctl show -p NFileDescriptorStore --value interceptor-node); echo "stored=$n"; test "$n" = 1'
+# One listener per metadata address: 169.254.169.254, fd00:ec2::254, fe80::a9fe:a9fe.
+check fd-store sh -c 'n=$(systemctl show -p NFileDescriptorStore --value interceptor-node); echo "stored=$n"; test "$n" = 3'
 
 # systemctl restart while the guest polls every 10 ms (new connection each).
 ip netns exec guest sh -c 'while [ ! -e /run/stop-poll ]; do curl -s -o /dev/null -w "%{http_code}\n" --max-time 20 http://169.254.169.254/latest/meta-data/instance-id; sleep 0.01; done' >/run/poll.log 2>&1 &
